@@ -1,0 +1,285 @@
+"""Typed, validated, frozen view of ``params.yaml``.
+
+Every stage reads the params file once through :func:`load`. Validation happens before any work:
+an unknown key, a wrong type, a ``from:`` naming no stage, a cycle, or a dataset nobody defined is
+one :class:`ConfigError` that names the key and, where possible, the closest valid one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+
+import yaml
+
+from stagetrain.data import synthetic
+
+
+class ConfigError(Exception):
+    """A problem the user can fix in their params or inputs; the message says where and how."""
+
+
+# Keys of ours inside a stage block; everything else must be an Ultralytics train argument.
+STAGE_KEYS = ("from", "dataset", "freeze_level", "distill", "loss_weights")
+REQUIRED_STAGE_KEYS = ("from", "dataset")  # dvc.yaml's template reads both for every stage
+# Ultralytics arguments the pipeline sets itself; the value says which param to use instead.
+RESERVED_ARGS = {
+    "data": "the stage's `dataset:` key",
+    "model": "`model.arch` (or the stage's `from:`)",
+    "imgsz": "`model.imgsz`",
+    "seed": "the top-level `seed`",
+    "freeze": "`freeze_level` (2 = head only trains, 1 = backbone frozen, 0 = nothing frozen)",
+    "project": "nothing: outputs go to models/<stage>",
+    "name": "nothing: outputs go to models/<stage>",
+    "exist_ok": "nothing: outputs go to models/<stage>",
+    "resume": "nothing: resume is automatic",
+    "mode": "nothing",
+    "task": "nothing: stagetrain trains detectors",
+}
+BASE = "base"  # the pseudo-stage that holds the initial weights (models/base/best.pt)
+DATASET_KINDS = ("synthetic", "roboflow", "local")
+SPLITS = ("train", "val", "test")
+
+
+@cache
+def ultralytics_defaults() -> Mapping[str, Any]:
+    """Ultralytics' default train/val arguments, read from its ``cfg/default.yaml`` without importing it."""
+    spec = importlib.util.find_spec("ultralytics")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("ultralytics is not installed: run `make install` (or `pip install -r requirements.txt`)")
+    path = Path(next(iter(spec.submodule_search_locations))) / "cfg" / "default.yaml"
+    return MappingProxyType(yaml.safe_load(path.read_text()))
+
+
+def _where(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def suggest(key: str, options: list[str] | tuple[str, ...]) -> str | None:
+    """``did you mean `a` or `b`?`` for the closest valid names, or None when nothing is close."""
+    close = difflib.get_close_matches(str(key), [str(o) for o in options], n=3, cutoff=0.6)
+    return "did you mean " + " or ".join(f"`{c}`" for c in close) + "?" if close else None
+
+
+def _check_keys(raw: Mapping[str, Any], allowed: tuple[str, ...] | list[str], path: str, src: str) -> None:
+    for key in raw:
+        if key not in allowed:
+            hint = suggest(key, allowed) or "valid keys: " + ", ".join(map(str, allowed))
+            raise ConfigError(f"{src}: unknown key `{_where(path, str(key))}`; {hint}")
+
+
+def _require(raw: Mapping[str, Any], key: str, kinds: type | tuple[type, ...], path: str, src: str) -> Any:
+    if key not in raw:
+        raise ConfigError(f"{src}: missing key `{_where(path, key)}`; add it (see params.yaml in the repo for an example)")
+    return _typed(raw[key], kinds, _where(path, key), src)
+
+
+def _typed(value: Any, kinds: type | tuple[type, ...], where: str, src: str) -> Any:
+    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+    if float in kinds and int not in kinds and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+        names = " or ".join(k.__name__ for k in kinds)
+        raise ConfigError(f"{src}: `{where}` must be {names}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _section(raw: Mapping[str, Any], key: str, src: str) -> Mapping[str, Any]:
+    return _require(raw, key, dict, "", src)
+
+
+def _ultralytics_args(raw: Mapping[str, Any], path: str, src: str, own: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Check that every key not in ``own`` is an Ultralytics argument of the right type."""
+    defaults = ultralytics_defaults()
+    out = {}
+    for key, value in raw.items():
+        if key in own:
+            continue
+        if key in RESERVED_ARGS:
+            raise ConfigError(f"{src}: `{_where(path, key)}` is set by the pipeline; use {RESERVED_ARGS[key]}")
+        if key not in defaults:
+            _check_keys({key: None}, [*own, *(k for k in defaults if k not in RESERVED_ARGS)], path, src)
+        default = defaults[key]
+        if key == "optimizer" and value == "auto":
+            raise ConfigError(f"{src}: `{_where(path, key)}: auto` ignores lr0; name one (SGD, AdamW, ...)")
+        if key == "device":
+            out[key] = value  # 'auto', 'cpu', 0, '0,1' or a list: resolved at train time
+            continue
+        if default is not None and value is not None:
+            kinds = (int, float) if isinstance(default, (int, float)) and not isinstance(default, bool) else type(default)
+            value = _typed(value, kinds, _where(path, key), src)
+        out[key] = value
+    return out
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    kind: str
+    options: Mapping[str, Any]  # the block named by `kind` (synthetic / roboflow / local)
+    class_map: Mapping[str, str | None]
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    upstream: str  # `from:` in params: another stage's name or `base`
+    dataset: str
+    freeze_level: int
+    train_args: Mapping[str, Any]  # effective Ultralytics arguments: `train` defaults, then stage keys
+
+
+@dataclass(frozen=True)
+class Config:
+    seed: int
+    classes: tuple[str, ...]
+    datasets: Mapping[str, DatasetSpec]
+    organize_split: Mapping[str, float]
+    organize_on_bad: str
+    organize_dedupe: bool
+    model_arch: str
+    imgsz: int
+    stages: Mapping[str, StageSpec]
+    evaluate_dataset: str
+    evaluate_split: str
+    evaluate_models: tuple[str, ...]
+    export_model: str
+    export_formats: tuple[str, ...]
+    export_half: bool
+    export_int8: bool
+    source: str = "params.yaml"
+
+
+def _dataset(name: str, raw: Any, src: str) -> DatasetSpec:
+    path = f"datasets.{name}"
+    raw = _typed(raw, dict, path, src)
+    _check_keys(raw, ("kind", *DATASET_KINDS, "class_map"), path, src)
+    kind = _require(raw, "kind", str, path, src)
+    if kind not in DATASET_KINDS:
+        raise ConfigError(f"{src}: `{path}.kind` is {kind!r}; use one of {', '.join(DATASET_KINDS)}")
+    options = _require(raw, kind, dict, path, src)
+    if kind == "synthetic":
+        _check_keys(options, ("images", "size", "domain"), f"{path}.synthetic", src)
+        for key in ("images", "size"):
+            if _require(options, key, int, f"{path}.synthetic", src) < 1:
+                raise ConfigError(f"{src}: `{path}.synthetic.{key}` must be >= 1")
+        domain = _require(options, "domain", str, f"{path}.synthetic", src)
+        if domain not in synthetic.DOMAINS:
+            raise ConfigError(f"{src}: `{path}.synthetic.domain` is {domain!r}; use one of {', '.join(synthetic.DOMAINS)}")
+    class_map = _typed(raw.get("class_map") or {}, dict, f"{path}.class_map", src)
+    return DatasetSpec(name, kind, MappingProxyType(dict(options)), MappingProxyType(dict(class_map)))
+
+
+def _stage(name: str, raw: Any, defaults: Mapping[str, Any], src: str) -> StageSpec:
+    path = f"stages.{name}"
+    raw = _typed(raw, dict, path, src)
+    for key in REQUIRED_STAGE_KEYS:
+        _require(raw, key, str, path, src)
+    freeze_level = _typed(raw.get("freeze_level", 0), int, f"{path}.freeze_level", src)
+    if freeze_level not in (0, 1, 2):
+        raise ConfigError(f"{src}: `{path}.freeze_level` is {freeze_level}; use 0 (train all), 1 (backbone frozen) or 2 (head only)")
+    args = {**defaults, **_ultralytics_args(raw, path, src, own=STAGE_KEYS)}
+    return StageSpec(name, raw["from"], raw["dataset"], freeze_level, MappingProxyType(args))
+
+
+def _check_chain(stages: Mapping[str, StageSpec], src: str) -> None:
+    for stage in stages.values():
+        if stage.upstream != BASE and stage.upstream not in stages:
+            hint = suggest(stage.upstream, [BASE, *stages]) or f"use `{BASE}` or one of: {', '.join(stages)}"
+            raise ConfigError(f"{src}: `stages.{stage.name}.from` names no stage: {stage.upstream!r}; {hint}")
+    for start in stages:
+        seen, name = [start], stages[start].upstream
+        while name != BASE:
+            if name in seen:
+                cycle = " -> ".join([*seen[seen.index(name) :], name])
+                raise ConfigError(f"{src}: `stages.*.from` forms a cycle: {cycle}; one stage must start `from: {BASE}`")
+            seen.append(name)
+            name = stages[name].upstream
+
+
+def parse(raw: Any, src: str = "params.yaml") -> Config:
+    """Validate a params mapping and return the frozen :class:`Config`."""
+    raw = _typed(raw, dict, "<top level>", src)
+    top = ("seed", "classes", "datasets", "organize", "model", "train", "stages", "evaluate", "export")
+    _check_keys(raw, top, "", src)
+    seed = _require(raw, "seed", int, "", src)
+    classes = tuple(_require(raw, "classes", list, "", src))
+    if not classes or not all(isinstance(c, str) for c in classes) or len(set(classes)) != len(classes):
+        raise ConfigError(f"{src}: `classes` must be a non-empty list of distinct names")
+
+    datasets = {name: _dataset(name, value, src) for name, value in _section(raw, "datasets", src).items()}
+    organize = _section(raw, "organize", src)
+    _check_keys(organize, ("split", "on_bad", "dedupe"), "organize", src)
+    split = {k: _typed(v, float, f"organize.split.{k}", src) for k, v in _require(organize, "split", dict, "organize", src).items()}
+    _check_keys(split, SPLITS, "organize.split", src)
+    if set(split) != set(SPLITS) or abs(sum(split.values()) - 1) > 1e-6 or min(split.values()) <= 0:
+        raise ConfigError(f"{src}: `organize.split` needs train, val and test fractions > 0 that sum to 1, got {split}")
+    on_bad = _require(organize, "on_bad", str, "organize", src)
+    if on_bad not in ("error", "skip"):
+        raise ConfigError(f"{src}: `organize.on_bad` is {on_bad!r}; use `error` or `skip`")
+
+    model = _section(raw, "model", src)
+    _check_keys(model, ("arch", "imgsz"), "model", src)
+    train_defaults = _ultralytics_args(_section(raw, "train", src), "train", src)
+    stages = {name: _stage(str(name), value, train_defaults, src) for name, value in _section(raw, "stages", src).items()}
+    if BASE in stages:
+        raise ConfigError(f"{src}: `stages.{BASE}` is reserved for the initial weights; rename that stage")
+    _check_chain(stages, src)
+
+    evaluate = _section(raw, "evaluate", src)
+    _check_keys(evaluate, ("dataset", "split", "models"), "evaluate", src)
+    export = _section(raw, "export", src)
+    _check_keys(export, ("model", "formats", "half", "int8"), "export", src)
+    cfg = Config(
+        seed=seed,
+        classes=classes,
+        datasets=MappingProxyType(datasets),
+        organize_split=MappingProxyType(split),
+        organize_on_bad=on_bad,
+        organize_dedupe=_require(organize, "dedupe", bool, "organize", src),
+        model_arch=_require(model, "arch", str, "model", src),
+        imgsz=_require(model, "imgsz", int, "model", src),
+        stages=MappingProxyType(stages),
+        evaluate_dataset=_require(evaluate, "dataset", str, "evaluate", src),
+        evaluate_split=_require(evaluate, "split", str, "evaluate", src),
+        evaluate_models=tuple(_require(evaluate, "models", list, "evaluate", src)),
+        export_model=_require(export, "model", str, "export", src),
+        export_formats=tuple(_require(export, "formats", list, "export", src)),
+        export_half=_require(export, "half", bool, "export", src),
+        export_int8=_require(export, "int8", bool, "export", src),
+        source=src,
+    )
+    _check_references(cfg)
+    return cfg
+
+
+def _check_references(cfg: Config) -> None:
+    src = cfg.source
+    for where, name in [*((f"stages.{s.name}.dataset", s.dataset) for s in cfg.stages.values()), ("evaluate.dataset", cfg.evaluate_dataset)]:
+        if name not in cfg.datasets:
+            raise ConfigError(f"{src}: `{where}` names no dataset: {name!r}; define it under `datasets:` ({', '.join(cfg.datasets)})")
+    if cfg.evaluate_split not in SPLITS:
+        raise ConfigError(f"{src}: `evaluate.split` is {cfg.evaluate_split!r}; use one of {', '.join(SPLITS)}")
+    for where, name in [*(("evaluate.models", m) for m in cfg.evaluate_models), ("export.model", cfg.export_model)]:
+        if name not in cfg.stages:
+            raise ConfigError(f"{src}: `{where}` names no stage: {name!r}; use one of {', '.join(cfg.stages)}")
+    for fmt in cfg.export_formats:
+        if fmt not in ("onnx", "engine"):
+            raise ConfigError(f"{src}: `export.formats` has {fmt!r}; use onnx and/or engine")
+
+
+def load(path: str | Path = "params.yaml") -> Config:
+    """Read and validate a params file."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found; run from the repo root or pass --params") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    return parse(raw, str(path))

@@ -1,0 +1,1 @@
+"""Data in: sources (download), organize (validate, map, dedupe, split), synthetic generator."""

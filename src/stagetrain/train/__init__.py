@@ -1,0 +1,1 @@
+"""Training: initial weights (base), freeze levels, the stage runner, checkpoints."""

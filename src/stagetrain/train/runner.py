@@ -1,0 +1,126 @@
+"""train@<stage>: one training stage, started from its upstream checkpoint only.
+
+The stage's effective Ultralytics arguments are the `train` defaults overlaid by the stage's own
+keys (from the typed config), plus what the pipeline owns: data, imgsz, seed, deterministic, the
+freeze list derived from ``freeze_level``, and a scratch run dir outside the DVC outputs.
+Per-epoch losses, metrics and learning rates go to our own ``dvclive.Live`` in ``metrics/<stage>``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from stagetrain.config import Config
+from stagetrain.train import checkpoint
+from stagetrain.train.freeze import frozen_layers
+
+METRIC_KEYS = {  # Ultralytics' validator keys -> our flat names
+    "metrics/precision(B)": "precision",
+    "metrics/recall(B)": "recall",
+    "metrics/mAP50(B)": "mAP50",
+    "metrics/mAP50-95(B)": "mAP50-95",
+}
+PATH_ARGS = ("data", "model", "project", "name", "save_dir")  # host paths never written to outputs
+
+
+def effective_args(cfg: Config, stage_name: str, data_yaml: Path, upstream: Path, freeze: list[int], device: Any) -> dict[str, Any]:
+    """The exact Ultralytics train arguments for a stage (before its run dir is added)."""
+    stage = cfg.stages[stage_name]
+    args = {"plots": False, **stage.train_args}  # plots off by default: curves go to dvclive
+    args.update(
+        data=str(data_yaml),
+        imgsz=cfg.imgsz,
+        seed=cfg.seed,
+        deterministic=True,
+        freeze=freeze,
+        device=device,
+    )
+    return args
+
+
+class _LiveLogger:
+    """Ultralytics callbacks -> one dvclive step per completed epoch, and the final best.pt metrics."""
+
+    def __init__(self, live_dir: Path) -> None:
+        from dvclive import Live
+
+        self.live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None)
+        self.epoch_pending = False
+        self.final_metrics: dict[str, float] = {}
+        self.epochs_run = 0
+
+    def on_train_epoch_end(self, trainer) -> None:
+        self.epoch_pending = True
+
+    def on_fit_epoch_end(self, trainer) -> None:
+        metrics = {METRIC_KEYS.get(k, k): float(v) for k, v in (trainer.metrics or {}).items()}
+        if not self.epoch_pending:  # Ultralytics calls this once more after training, for best.pt
+            self.final_metrics = metrics
+            return
+        self.epoch_pending = False
+        self.epochs_run = trainer.epoch + 1
+        losses = trainer.label_loss_items(trainer.tloss, prefix="train")
+        for name, value in {**losses, **metrics, **trainer.lr}.items():
+            self.live.log_metric(name.replace("metrics/", "val/"), float(value))
+        self.live.next_step()
+
+    def close(self) -> None:
+        self.live.end()
+        summary = Path(self.live.dir) / "metrics.json"
+        summary.unlink(missing_ok=True)  # metrics/<stage>.json is the one summary DVC tracks
+
+
+def _portable(args: dict[str, Any], upstream: Path) -> dict[str, Any]:
+    out = {k: v for k, v in args.items() if k not in PATH_ARGS}
+    out["data"] = os.path.relpath(args["data"])
+    out["model"] = os.path.relpath(upstream)
+    return out
+
+
+def run(cfg: Config, stage_name: str, data_yaml: Path, upstream: Path, out_dir: Path, live_dir: Path, work_dir: Path) -> dict:
+    """Train ``stage_name`` from ``upstream`` and write best.pt, last.pt, args.yaml to ``out_dir``.
+
+    Returns the stage's final val metrics (of best.pt) plus epochs and wall time.
+    """
+    from stagetrain.ultra import YOLO, resolve_device
+
+    stage = cfg.stages[stage_name]
+    checkpoint.check_class_names(upstream, cfg.classes)
+    model = YOLO(str(upstream))
+    freeze = frozen_layers(model.model, stage.freeze_level)
+    args = effective_args(cfg, stage_name, data_yaml, upstream, freeze, resolve_device(stage.train_args.get("device")))
+
+    if work_dir.exists():
+        shutil.rmtree(work_dir)
+    logger = _LiveLogger(live_dir)
+    for event in ("on_train_epoch_end", "on_fit_epoch_end"):
+        model.add_callback(event, getattr(logger, event))
+    started = time.perf_counter()
+    try:
+        model.train(**args, project=str(work_dir.parent.resolve()), name=work_dir.name, exist_ok=True, verbose=False)
+    finally:
+        logger.close()
+    seconds = time.perf_counter() - started
+
+    trainer = model.trainer
+    effective = _portable({**vars(trainer.args), "freeze": freeze}, upstream)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("best.pt", "last.pt"):
+        checkpoint.write_portable(checkpoint.read(trainer.wdir / name), out_dir / name, effective)
+    (out_dir / "args.yaml").write_text(yaml.safe_dump(effective, sort_keys=True))
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return {
+        **{key: round(logger.final_metrics.get(key, 0.0), 6) for key in METRIC_KEYS.values()},
+        "epochs_run": logger.epochs_run,
+        "resumed_from_epoch": None,
+        "best_epoch": trainer.stopper.best_epoch,
+        "seconds": round(seconds, 1),
+        "freeze_level": stage.freeze_level,
+        "frozen_layers": len(freeze),
+    }

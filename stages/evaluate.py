@@ -1,0 +1,25 @@
+"""evaluate: test-split metrics of every evaluated model, and the comparison report."""
+
+import json
+from pathlib import Path
+
+import _cli
+from stagetrain import evaluate, report
+
+
+def work(cfg, args):
+    results = evaluate.run(cfg, args.data, args.models, Path(".stagetrain/runs/evaluate"))
+    _cli.write_json(args.metrics, results)
+    stage_metrics = {s: json.loads((args.stage_metrics / f"{s}.json").read_text()) for s in cfg.stages}
+    args.report.write_text(report.render(cfg, stage_metrics, results))
+    print(report.verdict(cfg, stage_metrics, results))
+
+
+if __name__ == "__main__":
+    p = _cli.parser(__doc__)
+    p.add_argument("--data", type=Path, required=True, help="organized data.yaml of `evaluate.dataset`")
+    p.add_argument("--models", type=Path, required=True, help="folder holding <stage>/best.pt")
+    p.add_argument("--stage-metrics", type=Path, required=True, help="folder holding <stage>.json")
+    p.add_argument("--metrics", type=Path, required=True, help="eval JSON to write")
+    p.add_argument("--report", type=Path, required=True, help="markdown report to write")
+    _cli.main(p, work)

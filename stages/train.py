@@ -1,0 +1,25 @@
+"""train@<stage>: train one stage from its upstream checkpoint."""
+
+from pathlib import Path
+
+import _cli
+from stagetrain.train import runner
+
+
+def work(cfg, args):
+    work_dir = args.work or Path(".stagetrain/runs") / args.stage
+    metrics = runner.run(cfg, args.stage, args.data, args.upstream, args.out, args.live, work_dir)
+    _cli.write_json(args.metrics, metrics)
+    print(f"train@{args.stage}: {metrics}")
+
+
+if __name__ == "__main__":
+    p = _cli.parser(__doc__)
+    p.add_argument("stage", help="a key under `stages:` in params.yaml")
+    p.add_argument("--data", type=Path, required=True, help="organized data.yaml of the stage's dataset")
+    p.add_argument("--upstream", type=Path, required=True, help="checkpoint of the `from:` stage")
+    p.add_argument("--out", type=Path, required=True, help="folder for best.pt, last.pt, args.yaml")
+    p.add_argument("--metrics", type=Path, required=True, help="final val metrics JSON")
+    p.add_argument("--live", type=Path, required=True, help="dvclive folder for per-epoch plots")
+    p.add_argument("--work", type=Path, default=None, help="scratch run folder (default: .stagetrain/runs/<stage>)")
+    _cli.main(p, work)
