@@ -62,7 +62,7 @@ def test_every_output_exists_and_parses(repo):
         assert {"mAP50", "mAP50-95", "precision", "recall", "epochs_run", "resumed_from_epoch", "seconds"} <= set(metrics)
         assert metrics["epochs_run"] == 1 and metrics["resumed_from_epoch"] is None
         plots = repo / "metrics" / stage / "plots" / "metrics"
-        assert (plots / "train" / "box_loss.tsv").exists() and (plots / "val" / "mAP50(B).tsv").exists()
+        assert (plots / "train" / "box_loss.tsv").exists() and (plots / "val" / "mAP50.tsv").exists()
     assert yaml.safe_load((repo / "models/stage2/args.yaml").read_text())["freeze"] == list(range(10))
     evaluation = json.loads((repo / "metrics/eval.json").read_text())
     assert set(evaluation) == {"stage3", "baseline"}

@@ -66,8 +66,9 @@ class _LiveLogger:
         self.epoch_pending = False
         self.epochs_run = trainer.epoch + 1
         losses = trainer.label_loss_items(trainer.tloss, prefix="train")
-        for name, value in {**losses, **metrics, **trainer.lr}.items():
-            self.live.log_metric(name.replace("metrics/", "val/"), float(value))
+        scores = {name if "/" in name else f"val/{name}": value for name, value in metrics.items()}
+        for name, value in {**losses, **scores, **trainer.lr}.items():
+            self.live.log_metric(name, float(value))
         self.live.next_step()
 
     def close(self) -> None:
