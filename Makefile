@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install run test test-all clean
+.PHONY: install run test unlock clean
 
 install: $(VENV)/.installed
 
@@ -21,6 +21,10 @@ run: install
 # Fast tests plus the end-to-end pipeline test (marked slow, still a few minutes on 2 cores).
 test: install
 	$(BIN)/python -m pytest -q
+
+# After a hard kill of `dvc repro` (reboot, kill -9): drop DVC's stale lock, then `dvc repro` resumes.
+unlock: install
+	PYTHONPATH=src $(BIN)/python -m stagetrain.unlock
 
 clean:
 	rm -rf .stagetrain .ultralytics data/raw data/organized models metrics

@@ -2,8 +2,9 @@
 
 The stage's effective Ultralytics arguments are the `train` defaults overlaid by the stage's own
 keys (from the typed config), plus what the pipeline owns: data, imgsz, seed, deterministic, the
-freeze list derived from ``freeze_level``, and a scratch run dir outside the DVC outputs.
-Per-epoch losses, metrics and learning rates go to our own ``dvclive.Live`` in ``metrics/<stage>``.
+freeze list derived from ``freeze_level``, and a run dir outside the DVC outputs (see resume.py).
+Per-epoch losses, metrics and learning rates go to our own ``dvclive.Live``; its plots land in
+``metrics/<stage>/plots`` when the stage completes.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 import yaml
 
 from stagetrain.config import Config
-from stagetrain.train import checkpoint
+from stagetrain.train import checkpoint, resume
 from stagetrain.train.freeze import frozen_layers
 
 METRIC_KEYS = {  # Ultralytics' validator keys -> our flat names
@@ -29,7 +30,7 @@ METRIC_KEYS = {  # Ultralytics' validator keys -> our flat names
 PATH_ARGS = ("data", "model", "project", "name", "save_dir")  # host paths never written to outputs
 
 
-def effective_args(cfg: Config, stage_name: str, data_yaml: Path, upstream: Path, freeze: list[int], device: Any) -> dict[str, Any]:
+def effective_args(cfg: Config, stage_name: str, data_yaml: Path, freeze: list[int], device: Any) -> dict[str, Any]:
     """The exact Ultralytics train arguments for a stage (before its run dir is added)."""
     stage = cfg.stages[stage_name]
     args = {"plots": False, **stage.train_args}  # plots off by default: curves go to dvclive
@@ -47,10 +48,10 @@ def effective_args(cfg: Config, stage_name: str, data_yaml: Path, upstream: Path
 class _LiveLogger:
     """Ultralytics callbacks -> one dvclive step per completed epoch, and the final best.pt metrics."""
 
-    def __init__(self, live_dir: Path) -> None:
+    def __init__(self, live_dir: Path, resume: bool) -> None:
         from dvclive import Live
 
-        self.live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None)
+        self.live = Live(dir=str(live_dir), resume=resume, save_dvc_exp=False, dvcyaml=None, report=None)
         self.epoch_pending = False
         self.final_metrics: dict[str, float] = {}
         self.epochs_run = 0
@@ -67,14 +68,10 @@ class _LiveLogger:
         self.epochs_run = trainer.epoch + 1
         losses = trainer.label_loss_items(trainer.tloss, prefix="train")
         scores = {name if "/" in name else f"val/{name}": value for name, value in metrics.items()}
+        self.live.step = trainer.epoch  # explicit: a resumed run continues the same curve
         for name, value in {**losses, **scores, **trainer.lr}.items():
             self.live.log_metric(name, float(value))
         self.live.next_step()
-
-    def close(self) -> None:
-        self.live.end()
-        summary = Path(self.live.dir) / "metrics.json"
-        summary.unlink(missing_ok=True)  # metrics/<stage>.json is the one summary DVC tracks
 
 
 def _portable(args: dict[str, Any], upstream: Path) -> dict[str, Any]:
@@ -87,6 +84,8 @@ def _portable(args: dict[str, Any], upstream: Path) -> dict[str, Any]:
 def run(cfg: Config, stage_name: str, data_yaml: Path, upstream: Path, out_dir: Path, live_dir: Path, work_dir: Path) -> dict:
     """Train ``stage_name`` from ``upstream`` and write best.pt, last.pt, args.yaml to ``out_dir``.
 
+    An interrupted run of the same stage with the same fingerprint (params, upstream, data, code)
+    in ``work_dir`` is resumed from its last completed epoch instead of starting from zero.
     Returns the stage's final val metrics (of best.pt) plus epochs and wall time.
     """
     from stagetrain.ultra import YOLO, resolve_device
@@ -95,18 +94,25 @@ def run(cfg: Config, stage_name: str, data_yaml: Path, upstream: Path, out_dir: 
     checkpoint.check_class_names(upstream, cfg.classes)
     model = YOLO(str(upstream))
     freeze = frozen_layers(model.model, stage.freeze_level)
-    args = effective_args(cfg, stage_name, data_yaml, upstream, freeze, resolve_device(stage.train_args.get("device")))
+    args = effective_args(cfg, stage_name, data_yaml, freeze, resolve_device(stage.train_args.get("device")))
 
-    if work_dir.exists():
-        shutil.rmtree(work_dir)
-    logger = _LiveLogger(live_dir)
+    state = resume.RunState(work_dir, resume.fingerprint(args, upstream, data_yaml))
+    resumed_from = state.resumable_epoch(int(args.get("epochs", 100)))
+    if resumed_from is None:
+        state.start_fresh()
+    else:
+        model = YOLO(str(state.last))
+    logger = _LiveLogger(state.live_dir, resume=resumed_from is not None)
     for event in ("on_train_epoch_end", "on_fit_epoch_end"):
         model.add_callback(event, getattr(logger, event))
+
     started = time.perf_counter()
-    try:
-        model.train(**args, project=str(work_dir.parent.resolve()), name=work_dir.name, exist_ok=True, verbose=False)
-    finally:
-        logger.close()
+    run_args = {"project": str(state.run_dir.parent.resolve()), "name": state.run_dir.name, "exist_ok": True, "verbose": False}
+    if resumed_from is None:
+        model.train(trainer=resume.atomic_trainer(), **args, **run_args)
+    else:
+        model.train(trainer=resume.atomic_trainer(), resume=True, **run_args)
+    logger.live.end()
     seconds = time.perf_counter() - started
 
     trainer = model.trainer
@@ -115,11 +121,14 @@ def run(cfg: Config, stage_name: str, data_yaml: Path, upstream: Path, out_dir: 
     for name in ("best.pt", "last.pt"):
         checkpoint.write_portable(checkpoint.read(trainer.wdir / name), out_dir / name, effective)
     (out_dir / "args.yaml").write_text(yaml.safe_dump(effective, sort_keys=True))
+    if live_dir.exists():
+        shutil.rmtree(live_dir)
+    shutil.copytree(state.live_dir / "plots", live_dir / "plots")  # metrics.json: metrics/<stage>.json is the summary
     shutil.rmtree(work_dir, ignore_errors=True)
     return {
         **{key: round(logger.final_metrics.get(key, 0.0), 6) for key in METRIC_KEYS.values()},
         "epochs_run": logger.epochs_run,
-        "resumed_from_epoch": None,
+        "resumed_from_epoch": resumed_from,
         "best_epoch": trainer.stopper.best_epoch,
         "seconds": round(seconds, 1),
         "freeze_level": stage.freeze_level,

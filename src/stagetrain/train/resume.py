@@ -1,0 +1,124 @@
+"""Crash-safe training: in-progress state outside the DVC outputs, keyed by a fingerprint.
+
+DVC deletes a stage's outputs before running it, so a stage's in-progress run lives in
+``.stagetrain/runs/<stage>/`` (git-ignored) next to a ``fingerprint.json``. The fingerprint covers
+everything that decides the result: the effective train arguments, the upstream checkpoint's bytes,
+the organized dataset (file names and sizes, label and data.yaml contents) and the training code.
+The next run resumes the saved ``last.pt`` only when the fingerprint matches, so work done under
+other params or inputs is never resumed; it is thrown away.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CODE_FILES = ("config.py", "ultra.py", "train/runner.py", "train/resume.py", "train/freeze.py", "train/checkpoint.py")
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+
+
+def _sha256_file(path: Path, digest: Any = None) -> Any:
+    digest = digest or hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest
+
+
+def dataset_digest(data_yaml: Path) -> str:
+    """Names and sizes of every image, full contents of labels and data.yaml (caches excluded)."""
+    root = data_yaml.parent
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix != ".cache"):
+        rel = path.relative_to(root).as_posix()
+        digest.update(f"{rel}\0{path.stat().st_size}\0".encode())
+        if path.suffix in (".txt", ".yaml"):
+            _sha256_file(path, digest)
+    return digest.hexdigest()
+
+
+def fingerprint(train_args: dict[str, Any], upstream: Path, data_yaml: Path) -> str:
+    """Hash of everything a stage's result depends on (see the module docstring)."""
+    import ultralytics
+
+    parts = {
+        "args": train_args,
+        "upstream": _sha256_file(upstream).hexdigest(),
+        "data": dataset_digest(data_yaml),
+        "code": {name: _sha256_file(PACKAGE_DIR / name).hexdigest() for name in CODE_FILES},
+        "ultralytics": ultralytics.__version__,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class RunState:
+    """Where a stage's in-progress run lives and whether it can be resumed."""
+
+    work_dir: Path
+    fingerprint: str
+
+    @property
+    def run_dir(self) -> Path:
+        return self.work_dir / "run"
+
+    @property
+    def last(self) -> Path:
+        return self.run_dir / "weights" / "last.pt"
+
+    @property
+    def live_dir(self) -> Path:
+        return self.work_dir / "live"
+
+    def resumable_epoch(self, epochs: int) -> int | None:
+        """Epochs completed by a matching interrupted run, or None when it must start afresh."""
+        marker = self.work_dir / "fingerprint.json"
+        if not (marker.exists() and self.last.exists()):
+            return None
+        if json.loads(marker.read_text()).get("fingerprint") != self.fingerprint:
+            return None
+        from stagetrain.train.checkpoint import read
+
+        try:
+            ckpt = read(self.last)
+        except Exception:  # a torn file cannot happen with atomic saves, but never trust it blindly
+            return None
+        completed = int(ckpt.get("epoch", -1)) + 1
+        if ckpt.get("optimizer") is None or not 0 < completed < epochs:
+            return None  # stripped (finished) or not started: nothing to resume
+        return completed
+
+    def start_fresh(self) -> None:
+        if self.work_dir.exists():
+            shutil.rmtree(self.work_dir)
+        self.work_dir.mkdir(parents=True)
+        (self.work_dir / "fingerprint.json").write_text(json.dumps({"fingerprint": self.fingerprint}) + "\n")
+
+
+def atomic_trainer():
+    """A DetectionTrainer whose checkpoints are written to a temp file and renamed into place.
+
+    Ultralytics writes ``last.pt`` with a plain ``write_bytes``: a kill mid-write leaves a torn file.
+    """
+    from ultralytics.models.yolo.detect import DetectionTrainer
+
+    class AtomicCheckpointTrainer(DetectionTrainer):
+        def save_model(self):
+            final = {"last": self.last, "best": self.best}
+            self.last, self.best = (p.with_name(f".{p.name}.tmp") for p in (self.last, self.best))
+            try:
+                saved = super().save_model()
+            finally:
+                for key, target in final.items():
+                    tmp = getattr(self, key)
+                    if tmp.exists():
+                        os.replace(tmp, target)
+                    setattr(self, key, target)
+            return saved
+
+    return AtomicCheckpointTrainer

@@ -1,0 +1,77 @@
+"""Crash-safe stages: SIGKILL a real (tiny) training run after its first epoch; the rerun resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+from stagetrain.config import parse
+from stagetrain.data import organize, sources
+from stagetrain.train import checkpoint
+
+EPOCHS = 3
+
+
+@pytest.fixture
+def workspace(tmp_path, params):
+    """Organized target data, base weights and a params file for a 3-epoch stage2, in tmp_path."""
+    params["stages"]["stage2"]["epochs"] = EPOCHS
+    cfg = parse(params)
+    sources.run(cfg, "target", tmp_path / "raw")
+    organize.run(cfg, "target", tmp_path / "raw", tmp_path / "data")
+    checkpoint.build_base(cfg, tmp_path / "base.pt")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    return tmp_path
+
+
+def train_cmd(tmp: Path) -> list[str]:
+    return [
+        sys.executable, str(REPO / "stages/train.py"), "stage2", "--params", "params.yaml",
+        "--data", "data/data.yaml", "--upstream", "base.pt", "--out", "out", "--metrics", "stage2.json",
+        "--live", "live", "--work", "work",
+    ]  # fmt: skip
+
+
+def start_and_kill_after_first_epoch(tmp: Path) -> None:
+    proc = subprocess.Popen(train_cmd(tmp), cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = tmp / "work/run/weights/last.pt"
+    deadline = time.monotonic() + 300
+    while not last.exists():
+        assert proc.poll() is None, "training ended before its first checkpoint"
+        assert time.monotonic() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert checkpoint.read(last)["epoch"] + 1 < EPOCHS, "killed too late to prove a resume"
+
+
+def test_killed_stage_resumes_and_finishes(workspace):
+    start_and_kill_after_first_epoch(workspace)
+    completed = checkpoint.read(workspace / "work/run/weights/last.pt")["epoch"] + 1
+    subprocess.run(train_cmd(workspace), cwd=workspace, check=True, capture_output=True)
+    metrics = json.loads((workspace / "stage2.json").read_text())
+    assert metrics["resumed_from_epoch"] == completed >= 1
+    assert metrics["epochs_run"] == EPOCHS
+    steps = (workspace / "live/plots/metrics/train/box_loss.tsv").read_text().splitlines()[1:]
+    assert [int(line.split("\t")[0]) for line in steps] == list(range(EPOCHS))  # one curve, no restart at 0
+    assert not (workspace / "work").exists()
+
+
+def test_changed_params_never_resume_stale_work(workspace):
+    start_and_kill_after_first_epoch(workspace)
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    params["stages"]["stage2"]["lr0"] = 0.002
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params))
+    subprocess.run(train_cmd(workspace), cwd=workspace, check=True, capture_output=True)
+    metrics = json.loads((workspace / "stage2.json").read_text())
+    assert metrics["resumed_from_epoch"] is None and metrics["epochs_run"] == EPOCHS
+    assert yaml.safe_load((workspace / "out/args.yaml").read_text())["lr0"] == 0.002
