@@ -51,6 +51,7 @@ def test_stage_keys_win_over_train_defaults(params):
         (lambda p: p["datasets"]["source"]["synthetic"].update(domain="mars"), r"`datasets.source.synthetic.domain` is 'mars'"),
         (lambda p: p["organize"]["split"].update(train=0.9), r"`organize.split` needs train, val and test fractions"),
         (lambda p: p["stages"].update(base={"from": "base", "dataset": "source"}), r"`stages.base` is reserved"),
+        (lambda p: p["stages"]["stage2"].pop("close_mosaic"), r"`stages.stage2.mosaic: 0.3` would never run.*set `stages.stage2.close_mosaic` below 1"),
     ],
 )
 def test_bad_params_name_the_key(params, edit, expected):
@@ -77,3 +78,13 @@ def test_cli_prints_error_without_traceback(tmp_path, params):
 def test_missing_params_file_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load(tmp_path / "nope.yaml")
+
+
+def test_from_accepts_dvc_tracked_weights(tmp_path, params):
+    params["stages"]["stage2"]["from"] = "coco"
+    src = str(tmp_path / "params.yaml")
+    with pytest.raises(ConfigError, match=r"`dvc add models/coco/best.pt`"):
+        parse(params, src)
+    (tmp_path / "models/coco").mkdir(parents=True)
+    (tmp_path / "models/coco/best.pt.dvc").write_text("outs:\n- md5: 0\n  path: best.pt\n")
+    assert parse(params, src).stages["stage2"].upstream == "coco"

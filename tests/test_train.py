@@ -67,3 +67,45 @@ def test_upstream_with_other_class_names_is_refused(workspace):
     with pytest.raises(ConfigError, match=r"class names \['blue_cone'.*differ from params.yaml `classes` \['a'"):
         runner.run(renamed, "stage2", tmp / "organized/data.yaml", tmp / "base.pt", tmp / "out", tmp / "live", tmp / "work")
 
+
+
+def test_freeze_lr0_and_threads_hold_during_training(workspace, monkeypatch):
+    """Level 1 keeps every backbone tensor (BN buffers included) bit-identical; lr0 and all cores are used."""
+    import os
+
+    import torch
+
+    from stagetrain import ultra
+
+    params, tmp = workspace
+    cfg = parse(params)
+    monkeypatch.chdir(tmp)
+    seen: dict = {}
+
+    def on_train_start(trainer):
+        seen["before"] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        seen["initial_lr"] = [g["initial_lr"] for g in trainer.optimizer.param_groups]
+        seen["threads"] = torch.get_num_threads()
+
+    def on_train_end(trainer):
+        seen["after"] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+    original_init = ultra.YOLO.__init__
+
+    def init_with_callbacks(self, *args, **kwargs):  # observe the real trainer through Ultralytics' callbacks
+        original_init(self, *args, **kwargs)
+        self.add_callback("on_train_start", on_train_start)
+        self.add_callback("on_train_end", on_train_end)
+
+    monkeypatch.setattr(ultra.YOLO, "__init__", init_with_callbacks)
+    runner.run(cfg, "stage2", tmp / "organized/data.yaml", tmp / "base.pt", tmp / "out", tmp / "live", tmp / "work")
+
+    backbone = tuple(f"model.{i}." for i in range(10))
+    frozen = [k for k in seen["before"] if k.startswith(backbone)]
+    trainable = [k for k in seen["before"] if not k.startswith(backbone) and seen["before"][k].is_floating_point()]
+    assert any(k.endswith("running_mean") for k in frozen) and len(frozen) > 50
+    assert all(torch.equal(seen["before"][k], seen["after"][k]) for k in frozen)
+    changed = [k for k in trainable if not torch.equal(seen["before"][k], seen["after"][k])]
+    assert len(changed) > 0.9 * len(trainable)
+    assert seen["initial_lr"] == [0.001] * len(seen["initial_lr"])  # stage2's lr0, not Ultralytics' 0.01
+    assert seen["threads"] == os.cpu_count()

@@ -171,6 +171,33 @@ def _dataset(name: str, raw: Any, src: str) -> DatasetSpec:
         domain = _require(options, "domain", str, f"{path}.synthetic", src)
         if domain not in synthetic.DOMAINS:
             raise ConfigError(f"{src}: `{path}.synthetic.domain` is {domain!r}; use one of {', '.join(synthetic.DOMAINS)}")
+    elif kind == "roboflow":
+        where = f"{path}.roboflow"
+        _check_keys(options, ("workspace", "project", "version", "format", "max_gib"), where, src)
+        for key in ("workspace", "project"):
+            slug = _require(options, key, str, where, src)
+            if not slug.strip() or "/" in slug:
+                raise ConfigError(
+                    f"{src}: `{where}.{key}` is {slug!r}; use the slug in the dataset's URL app.roboflow.com/<workspace>/<project>/<version>"
+                )
+        if _require(options, "version", int, where, src) < 1:
+            raise ConfigError(f"{src}: `{where}.version` must be >= 1 (the number at the end of the dataset's Roboflow URL)")
+    else:
+        where = f"{path}.local"
+        _check_keys(options, ("path", "format", "max_gib"), where, src)
+        if not _require(options, "path", str, where, src).strip():
+            raise ConfigError(f"{src}: `{where}.path` is empty; name a dataset folder or a .zip/.tar.gz/.tgz/.tar file")
+    if kind != "synthetic":
+        # Formats organize reads. Roboflow's are its export ids (the SDK maps yolov5/yolov7 to yolov5pytorch/
+        # yolov7pytorch); a local source names its layout, or `auto` lets organize detect it.
+        formats = ("yolov8", "yolov5", "yolov7", "yolov9", "yolov11", "yolov12", "coco", "voc")
+        formats = formats if kind == "roboflow" else ("auto", "roboflow", "yolo", "coco", "voc")
+        options = {**options, "format": _typed(options.get("format", formats[0]), str, f"{where}.format", src)}
+        if options["format"] not in formats:
+            hint = suggest(options["format"], formats) or "use one of: " + ", ".join(formats)
+            raise ConfigError(f"{src}: `{where}.format` is {options['format']!r}; {hint}")
+        if "max_gib" in options and _typed(options["max_gib"], float, f"{where}.max_gib", src) <= 0:
+            raise ConfigError(f"{src}: `{where}.max_gib` (the cap on the unpacked size, in GiB) must be > 0")
     class_map = _typed(raw.get("class_map") or {}, dict, f"{path}.class_map", src)
     return DatasetSpec(name, kind, MappingProxyType(dict(options)), MappingProxyType(dict(class_map)))
 
@@ -184,17 +211,32 @@ def _stage(name: str, raw: Any, defaults: Mapping[str, Any], src: str) -> StageS
     if freeze_level not in (0, 1, 2):
         raise ConfigError(f"{src}: `{path}.freeze_level` is {freeze_level}; use 0 (train all), 1 (backbone frozen) or 2 (head only)")
     args = {**defaults, **_ultralytics_args(raw, path, src, own=STAGE_KEYS)}
+    epochs = args.get("epochs", ultralytics_defaults()["epochs"])
+    close_mosaic = args.get("close_mosaic", ultralytics_defaults()["close_mosaic"])
+    if raw.get("mosaic") and close_mosaic >= epochs:
+        raise ConfigError(
+            f"{src}: `{path}.mosaic: {raw['mosaic']}` would never run: Ultralytics turns mosaic off for the last "
+            f"close_mosaic ({close_mosaic}) of the stage's {epochs} epochs; set `{path}.close_mosaic` below {epochs} (e.g. 0)"
+        )
     return StageSpec(name, raw["from"], raw["dataset"], freeze_level, MappingProxyType(args))
+
+
+def tracked_weights(src: str, name: str) -> bool:
+    """True when ``models/<name>/best.pt`` is the user's DVC-tracked checkpoint (``dvc add``), a valid `from:`."""
+    return (Path(src).parent / "models" / name / "best.pt.dvc").exists()
 
 
 def _check_chain(stages: Mapping[str, StageSpec], src: str) -> None:
     for stage in stages.values():
-        if stage.upstream != BASE and stage.upstream not in stages:
+        if stage.upstream != BASE and stage.upstream not in stages and not tracked_weights(src, stage.upstream):
             hint = suggest(stage.upstream, [BASE, *stages]) or f"use `{BASE}` or one of: {', '.join(stages)}"
-            raise ConfigError(f"{src}: `stages.{stage.name}.from` names no stage: {stage.upstream!r}; {hint}")
+            raise ConfigError(
+                f"{src}: `stages.{stage.name}.from` names no stage: {stage.upstream!r}; {hint} "
+                f"(to start from your own weights: `dvc add models/{stage.upstream}/best.pt`)"
+            )
     for start in stages:
         seen, name = [start], stages[start].upstream
-        while name != BASE:
+        while name in stages:
             if name in seen:
                 cycle = " -> ".join([*seen[seen.index(name) :], name])
                 raise ConfigError(f"{src}: `stages.*.from` forms a cycle: {cycle}; one stage must start `from: {BASE}`")

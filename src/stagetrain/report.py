@@ -7,16 +7,16 @@ simpler baseline; worse -> keep the baseline and name the stage where val mAP50 
 
 from __future__ import annotations
 
-from stagetrain.config import BASE, Config
+from stagetrain.config import Config
 
 BASELINE = "baseline"
 MARGIN = 0.01  # one point of mAP50
 
 
 def chain(cfg: Config, stage: str) -> list[str]:
-    """The stages from the first one trained on ``base`` down to ``stage``."""
+    """The stages from the first one trained on ``base`` (or on tracked weights) down to ``stage``."""
     names = [stage]
-    while cfg.stages[names[0]].upstream != BASE:
+    while cfg.stages[names[0]].upstream in cfg.stages:
         names.insert(0, cfg.stages[names[0]].upstream)
     return names
 
