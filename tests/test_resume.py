@@ -75,3 +75,43 @@ def test_changed_params_never_resume_stale_work(workspace):
     metrics = json.loads((workspace / "stage2.json").read_text())
     assert metrics["resumed_from_epoch"] is None and metrics["epochs_run"] == EPOCHS
     assert yaml.safe_load((workspace / "out/args.yaml").read_text())["lr0"] == 0.002
+
+
+@pytest.mark.slow
+def test_dvc_repro_recovers_from_both_crash_shapes(tmp_path):
+    """Kill only the training process, then the whole `dvc repro` process group; each rerun resumes."""
+    import psutil
+
+    from conftest import copy_repo, repo_params, shrink
+
+    repo = copy_repo(tmp_path / "repo")
+    params = shrink(repo_params())
+    params["stages"]["stage2"]["epochs"] = 4
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(repo / "src")}
+    dvc = [sys.executable, "-m", "dvc", "repro", "train@stage2"]
+    last = repo / ".stagetrain/runs/stage2/run/weights/last.pt"
+
+    def run_until_epoch(epochs_done: int) -> subprocess.Popen:
+        proc = subprocess.Popen(dvc, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 600
+        while not (last.exists() and checkpoint.read(last)["epoch"] + 1 >= epochs_done):
+            assert proc.poll() is None and time.monotonic() < deadline, "dvc repro ended or stalled before the kill"
+            time.sleep(0.5)
+        return proc
+
+    # 1. out of memory: only the training process dies; DVC reports the failure and exits
+    proc = run_until_epoch(1)
+    trainer = next(p for p in psutil.Process(proc.pid).children(recursive=True) if "stages/train.py" in " ".join(p.cmdline()))
+    trainer.kill()
+    assert proc.wait() != 0
+    # 2. reboot / kill -9 of everything: the rerun is killed with its whole process group
+    proc = run_until_epoch(2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    unlocked = subprocess.run([sys.executable, "-m", "stagetrain.unlock"], cwd=repo, env=env, capture_output=True, text=True)
+    assert unlocked.returncode == 0, unlocked.stderr
+    done = subprocess.run(dvc, cwd=repo, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    metrics = json.loads((repo / "metrics/stage2.json").read_text())
+    assert metrics["resumed_from_epoch"] >= 2 and metrics["epochs_run"] == 4
