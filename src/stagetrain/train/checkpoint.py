@@ -53,6 +53,8 @@ def check_class_names(path: Path, classes: tuple[str, ...]) -> None:
 def write_portable(ckpt: dict[str, Any], target: Path, train_args: dict[str, Any]) -> None:
     """Save ``ckpt`` to ``target`` atomically, with ``train_args`` (relative paths) and no date/git."""
     ckpt = {k: v for k, v in ckpt.items() if k not in VOLATILE_KEYS}
+    if isinstance(ckpt.get("train_results"), dict):  # per-epoch wall times differ between identical runs
+        ckpt["train_results"] = {k: v for k, v in ckpt["train_results"].items() if k != "time"}
     ckpt["train_args"] = train_args
     for key in ("ema", "model"):
         if isinstance(ckpt.get(key), torch.nn.Module):
