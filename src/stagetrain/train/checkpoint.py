@@ -67,25 +67,56 @@ def write_portable(ckpt: dict[str, Any], target: Path, train_args: dict[str, Any
     os.replace(tmp, target)
 
 
+def _transfer(source: torch.nn.Module, model: torch.nn.Module, same_classes: bool) -> tuple[int, int]:
+    """Copy ``source``'s tensors into ``model`` where names and shapes match.
+
+    When the class names differ, the Detect head's class branch (``cv3``, and ``one2one_cv3``) is
+    left at its fresh init: copying it by index would silently give classes another's weights.
+    """
+    detect = f"model.{len(model.model) - 1}."
+    theirs, ours = source.float().state_dict(), model.state_dict()
+    keep = {
+        k: v
+        for k, v in theirs.items()
+        if k in ours and v.shape == ours[k].shape and (same_classes or not k.startswith((detect + "cv3.", detect + "one2one_cv3.")))
+    }
+    model.load_state_dict(keep, strict=False)
+    return len(keep), len(ours)
+
+
 def build_base(cfg: Config, target: Path) -> dict[str, Any]:
-    """Initial weights for every `from: base` stage: a seeded random init of ``model.arch`` with the canonical classes."""
+    """Initial weights for every `from: base` stage, with the canonical classes.
+
+    ``model.arch`` is an Ultralytics model yaml (seeded random init) or a pretrained ``.pt``
+    (tracked with ``dvc add weights/<file>.pt``): its weights are transferred into a fresh model
+    of the same architecture, the class head re-initialised unless its names are already canonical.
+    """
     from stagetrain import ultra  # noqa: F401  (hermetic set-up before Ultralytics is imported)
     from ultralytics import __version__
     from ultralytics.nn.tasks import DetectionModel
 
-    arch = cfg.model_arch
-    if not arch.endswith((".yaml", ".yml")):
-        raise ConfigError(
-            f"{cfg.source}: `model.arch: {arch}` must be an Ultralytics model yaml such as yolov8n.yaml "
-            "(pretrained .pt weights as a base are tracked in issue 4)"
-        )
+    arch, pretrained = cfg.model_arch, None
+    if arch.endswith(".pt"):
+        if not Path(arch).exists():
+            raise ConfigError(f"{cfg.source}: `model.arch: {arch}` does not exist; put the file under weights/ and `dvc add` it")
+        pretrained = model_of(read(Path(arch)))
+        layout = pretrained.yaml
+    elif arch.endswith((".yaml", ".yml")):
+        layout = arch
+    else:
+        raise ConfigError(f"{cfg.source}: `model.arch: {arch}` must be an Ultralytics model yaml (yolov8n.yaml) or a .pt checkpoint")
     torch.manual_seed(cfg.seed)
     try:
-        model = DetectionModel(arch, nc=len(cfg.classes), verbose=False)
+        model = DetectionModel(layout, nc=len(cfg.classes), verbose=False)
     except FileNotFoundError as err:
         raise ConfigError(f"{cfg.source}: `model.arch: {arch}` is not an Ultralytics model yaml ({err})") from None
     model.names = dict(enumerate(cfg.classes))
+    summary: dict[str, Any] = {"arch": arch, "layers": len(model.model), "parameters": sum(p.numel() for p in model.parameters())}
+    if pretrained is not None:
+        names = pretrained.names if isinstance(pretrained.names, dict) else dict(enumerate(pretrained.names))
+        same = list(names.values()) == list(cfg.classes)
+        copied, total = _transfer(pretrained, model, same)
+        summary |= {"pretrained_classes": len(names), "class_head": "kept" if same else "re-initialised", "tensors_transferred": f"{copied}/{total}"}
     train_args = {"task": "detect", "imgsz": cfg.imgsz, "model": arch}
     write_portable({"epoch": -1, "model": model, "ema": None, "version": __version__}, target, train_args)
-    params = sum(p.numel() for p in model.parameters())
-    return {"arch": arch, "layers": len(model.model), "parameters": params, "classes": list(cfg.classes)}
+    return summary | {"classes": list(cfg.classes)}
