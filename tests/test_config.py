@@ -88,3 +88,18 @@ def test_from_accepts_dvc_tracked_weights(tmp_path, params):
     (tmp_path / "models/coco").mkdir(parents=True)
     (tmp_path / "models/coco/best.pt.dvc").write_text("outs:\n- md5: 0\n  path: best.pt\n")
     assert parse(params, src).stages["stage2"].upstream == "coco"
+
+
+def test_inits_add_starting_points_to_the_dag(tmp_path, params):
+    from conftest import copy_repo
+
+    params["model"]["inits"] = {"teacher_init": "yolov8s.yaml"}
+    params["stages"]["teacher"] = {"from": "teacher_init", "dataset": "target", "epochs": 1}
+    assert parse(params).stages["teacher"].upstream == "teacher_init"
+    repo = copy_repo(tmp_path / "repo")
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    dag = subprocess.run([sys.executable, "-m", "dvc", "dag", "train@teacher"], cwd=repo, capture_output=True, text=True, check=True).stdout
+    assert "init@teacher_init" in dag and "train@teacher" in dag and "base" not in dag.replace("teacher", "")
+    params["model"]["inits"] = {"stage1": "yolov8s.yaml"}
+    with pytest.raises(ConfigError, match=r"`model.inits.stage1` clashes with a stage"):
+        parse(params)

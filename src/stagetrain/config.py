@@ -144,6 +144,7 @@ class Config:
     organize_dedupe: bool
     model_arch: str
     imgsz: int
+    inits: Mapping[str, str]  # extra starting points: name -> model yaml or .pt (built by init@<name>)
     stages: Mapping[str, StageSpec]
     evaluate_dataset: str
     evaluate_split: str
@@ -226,13 +227,13 @@ def tracked_weights(src: str, name: str) -> bool:
     return (Path(src).parent / "models" / name / "best.pt.dvc").exists()
 
 
-def _check_chain(stages: Mapping[str, StageSpec], src: str) -> None:
+def _check_chain(stages: Mapping[str, StageSpec], roots: set[str], src: str) -> None:
     for stage in stages.values():
-        if stage.upstream != BASE and stage.upstream not in stages and not tracked_weights(src, stage.upstream):
-            hint = suggest(stage.upstream, [BASE, *stages]) or f"use `{BASE}` or one of: {', '.join(stages)}"
+        if stage.upstream not in roots and stage.upstream not in stages and not tracked_weights(src, stage.upstream):
+            hint = suggest(stage.upstream, [*sorted(roots), *stages]) or f"use one of: {', '.join([*sorted(roots), *stages])}"
             raise ConfigError(
                 f"{src}: `stages.{stage.name}.from` names no stage: {stage.upstream!r}; {hint} "
-                f"(to start from your own weights: `dvc add models/{stage.upstream}/best.pt`)"
+                f"(a fresh architecture: add it under `model.inits`; your own weights: `dvc add models/{stage.upstream}/best.pt`)"
             )
     for start in stages:
         seen, name = [start], stages[start].upstream
@@ -266,12 +267,16 @@ def parse(raw: Any, src: str = "params.yaml") -> Config:
         raise ConfigError(f"{src}: `organize.on_bad` is {on_bad!r}; use `error` or `skip`")
 
     model = _section(raw, "model", src)
-    _check_keys(model, ("arch", "imgsz"), "model", src)
+    _check_keys(model, ("arch", "imgsz", "inits"), "model", src)
+    inits = {str(k): _typed(v, str, f"model.inits.{k}", src) for k, v in _typed(model.get("inits") or {}, dict, "model.inits", src).items()}
     train_defaults = _ultralytics_args(_section(raw, "train", src), "train", src)
     stages = {name: _stage(str(name), value, train_defaults, src) for name, value in _section(raw, "stages", src).items()}
     if BASE in stages:
         raise ConfigError(f"{src}: `stages.{BASE}` is reserved for the initial weights; rename that stage")
-    _check_chain(stages, src)
+    for name in inits:
+        if name == BASE or name in stages:
+            raise ConfigError(f"{src}: `model.inits.{name}` clashes with {'the base' if name == BASE else 'a stage'} of that name; rename it")
+    _check_chain(stages, {BASE, *inits}, src)
 
     evaluate = _section(raw, "evaluate", src)
     _check_keys(evaluate, ("dataset", "split", "models"), "evaluate", src)
@@ -286,6 +291,7 @@ def parse(raw: Any, src: str = "params.yaml") -> Config:
         organize_dedupe=_require(organize, "dedupe", bool, "organize", src),
         model_arch=_require(model, "arch", str, "model", src),
         imgsz=_require(model, "imgsz", int, "model", src),
+        inits=MappingProxyType(inits),
         stages=MappingProxyType(stages),
         evaluate_dataset=_require(evaluate, "dataset", str, "evaluate", src),
         evaluate_split=_require(evaluate, "split", str, "evaluate", src),

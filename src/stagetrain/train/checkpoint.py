@@ -84,10 +84,11 @@ def _transfer(source: torch.nn.Module, model: torch.nn.Module, same_classes: boo
     return len(keep), len(ours)
 
 
-def build_base(cfg: Config, target: Path) -> dict[str, Any]:
+def build_base(cfg: Config, target: Path, arch: str | None = None) -> dict[str, Any]:
     """Initial weights for every `from: base` stage, with the canonical classes.
 
-    ``model.arch`` is an Ultralytics model yaml (seeded random init) or a pretrained ``.pt``
+    ``arch`` (default ``model.arch``; an init@<name> stage passes ``model.inits.<name>``) is an
+    Ultralytics model yaml (seeded random init) or a pretrained ``.pt``
     (tracked with ``dvc add weights/<file>.pt``): its weights are transferred into a fresh model
     of the same architecture, the class head re-initialised unless its names are already canonical.
     """
@@ -95,7 +96,7 @@ def build_base(cfg: Config, target: Path) -> dict[str, Any]:
     from ultralytics import __version__
     from ultralytics.nn.tasks import DetectionModel
 
-    arch, pretrained = cfg.model_arch, None
+    arch, pretrained = arch or cfg.model_arch, None
     if arch.endswith(".pt"):
         if not Path(arch).exists():
             raise ConfigError(f"{cfg.source}: `model.arch: {arch}` does not exist; put the file under weights/ and `dvc add` it")
