@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from stagetrain import ultra  # noqa: F401  (hermetic set-up before Ultralytics is imported)
+from ultralytics.models.yolo.detect import DetectionTrainer
+
 CODE_FILES = ("config.py", "ultra.py", "train/runner.py", "train/resume.py", "train/freeze.py", "train/checkpoint.py")
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
@@ -100,25 +103,22 @@ class RunState:
         (self.work_dir / "fingerprint.json").write_text(json.dumps({"fingerprint": self.fingerprint}) + "\n")
 
 
-def atomic_trainer():
+class AtomicCheckpointTrainer(DetectionTrainer):
     """A DetectionTrainer whose checkpoints are written to a temp file and renamed into place.
 
     Ultralytics writes ``last.pt`` with a plain ``write_bytes``: a kill mid-write leaves a torn file.
+    Module-level so that Ultralytics' DDP launcher can import it in its worker processes.
     """
-    from ultralytics.models.yolo.detect import DetectionTrainer
 
-    class AtomicCheckpointTrainer(DetectionTrainer):
-        def save_model(self):
-            final = {"last": self.last, "best": self.best}
-            self.last, self.best = (p.with_name(f".{p.name}.tmp") for p in (self.last, self.best))
-            try:
-                saved = super().save_model()
-            finally:
-                for key, target in final.items():
-                    tmp = getattr(self, key)
-                    if tmp.exists():
-                        os.replace(tmp, target)
-                    setattr(self, key, target)
-            return saved
-
-    return AtomicCheckpointTrainer
+    def save_model(self):
+        final = {"last": self.last, "best": self.best}
+        self.last, self.best = (p.with_name(f".{p.name}.tmp") for p in (self.last, self.best))
+        try:
+            saved = super().save_model()
+        finally:
+            for key, target in final.items():
+                tmp = getattr(self, key)
+                if tmp.exists():
+                    os.replace(tmp, target)
+                setattr(self, key, target)
+        return saved

@@ -109,9 +109,9 @@ def run(cfg: Config, stage_name: str, data_yaml: Path, upstream: Path, out_dir: 
     started = time.perf_counter()
     run_args = {"project": str(state.run_dir.parent.resolve()), "name": state.run_dir.name, "exist_ok": True, "verbose": False}
     if resumed_from is None:
-        model.train(trainer=resume.atomic_trainer(), **args, **run_args)
+        model.train(trainer=resume.AtomicCheckpointTrainer, **args, **run_args)
     else:
-        model.train(trainer=resume.atomic_trainer(), resume=True, **run_args)
+        model.train(trainer=resume.AtomicCheckpointTrainer, resume=True, **run_args)
     logger.live.end()
     seconds = time.perf_counter() - started
 
