@@ -1,15 +1,18 @@
-"""organize: canonical layout, seeded split, class mapping, dedupe, bad labels reported."""
+"""organize: canonical layout, seeded or kept split, class mapping, dedupe within and across datasets, the CLI."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 import yaml
+from conftest import REPO
 
 from stagetrain.config import ConfigError, parse
-from stagetrain.data import organize, sources
+from stagetrain.data import organize, sources, validate
 
 
 @pytest.fixture
@@ -97,3 +100,90 @@ def test_class_map_renames_and_drops(tmp_path, params, raw):
     assert report["dropped_boxes"]["traffic_sign"] > 0
     assert sum(per_class["unknown_cone"] for per_class in report["boxes"].values()) == 0
     assert sum(per_class["blue_cone"] for per_class in report["boxes"].values()) > 0
+
+
+def _digests(out, splits):
+    return {validate.file_digest(p) for split in splits for p in (out / "images" / split).iterdir()}
+
+
+def _split_source(raw):
+    """Move a synthetic raw folder into images/{train,val,test} (a source with its own split): 28/6/6."""
+    for i, image in enumerate(sorted((raw / "images").glob("*.jpg"))):
+        split = "train" if i < 28 else "val" if i < 34 else "test"
+        for folder, suffix in (("images", ".jpg"), ("labels", ".txt")):
+            (raw / folder / split).mkdir(exist_ok=True)
+            (raw / folder / f"{image.stem}{suffix}").rename(raw / folder / split / f"{image.stem}{suffix}")
+
+
+def test_dedupe_across_datasets_keeps_shared_images_out_of_val_and_test(tmp_path, params):
+    cfg = parse(params)
+    sources.run(cfg, "target", tmp_path / "raw/target")
+    sources.run(cfg, "source", tmp_path / "raw/source")
+    for i in range(8):  # the same 8 photos published in both datasets, under other names (sorted last: they land in val/test below)
+        shutil.copyfile(tmp_path / f"raw/target/images/target_{i:05d}.jpg", tmp_path / f"raw/source/images/zz_shared_{i}.jpg")
+        shutil.copyfile(tmp_path / f"raw/target/labels/target_{i:05d}.txt", tmp_path / f"raw/source/labels/zz_shared_{i}.txt")
+    shared = {validate.file_digest(tmp_path / f"raw/source/images/zz_shared_{i}.jpg") for i in range(8)}
+    reports = {}
+    for name, other in (("target", "source"), ("source", "target")):
+        reports[name] = organize.run(cfg, name, tmp_path / "raw" / name, tmp_path / "out" / name, [tmp_path / "raw" / other])
+        assert not shared & _digests(tmp_path / "out" / name, ("val", "test"))
+        assert shared <= _digests(tmp_path / "out" / name, ("train",))  # seeded split: kept, in train
+        assert len(reports[name]["kept_in_train"]) == 8 and reports[name]["duplicates_removed"] == []
+    assert reports["target"]["kept_in_train"][0] == {
+        "file": str(tmp_path / "raw/target/images/target_00000.jpg"),
+        "split": None,
+        "duplicate_of": str(tmp_path / "raw/source/images/zz_shared_0.jpg"),
+        "reason": "identical image in another dataset",
+    }
+    assert sum(reports["target"]["images"].values()) == 40 and reports["target"]["images"]["test"] == 6
+    # a source with its own split cannot move them: they leave its val/test, and the report says so
+    _split_source(tmp_path / "raw/source")
+    report = organize.run(cfg, "source", tmp_path / "raw/source", tmp_path / "out/source", [tmp_path / "raw/target"])
+    removed = [d for d in report["duplicates_removed"] if d["split"] in ("val", "test")]
+    assert len(removed) == 8 and all(d["reason"] == "identical image in another dataset" for d in removed)
+    assert not shared & _digests(tmp_path / "out/source", ("val", "test"))
+    assert report == organize.run(cfg, "source", tmp_path / "raw/source", tmp_path / "out/again", [tmp_path / "raw/target"])
+
+
+def test_source_split_is_kept_and_a_duplicate_leaves_the_test_split(tmp_path, params, raw):
+    _split_source(raw)
+    test_image = min((raw / "images/test").iterdir())
+    shutil.copyfile(test_image, raw / "images/train/copy.jpg")
+    shutil.copyfile(raw / "labels/test" / f"{test_image.stem}.txt", raw / "labels/train/copy.txt")
+    report = organize.run(parse(params), "target", raw, tmp_path / "out")
+    assert report["split_origin"] == {"train": "source", "val": "source", "test": "source"}
+    assert report["images"] == {"train": 29, "val": 6, "test": 5}
+    assert report["duplicates_removed"] == [
+        {
+            "file": str(test_image),
+            "split": "test",
+            "duplicate_of": str(raw / "images/train/copy.jpg"),
+            "reason": "identical to an image kept in this dataset (train)",
+        }
+    ]
+    assert _organized_names(tmp_path / "out")["val"] == sorted(p.name for p in (raw / "images/val").iterdir())
+
+
+def test_one_worker_and_a_pool_give_the_same_result(tmp_path, params, raw):
+    serial = organize.run(parse(params), "target", raw, tmp_path / "one", workers=1)
+    pooled = organize.run(parse(params), "target", raw, tmp_path / "two", workers=2)
+    assert serial == pooled and _organized_names(tmp_path / "one") == _organized_names(tmp_path / "two")
+
+
+def _cli(tmp_path, params, *args):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    cmd = [sys.executable, str(REPO / "stages/organize.py"), "target", *map(str, args), "--params", str(tmp_path / "params.yaml")]
+    return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, check=False)
+
+
+def test_cli_writes_the_report_and_prints_user_errors_without_traceback(tmp_path, params):
+    sources.run(parse(params), "target", tmp_path / "raw/target")
+    sources.run(parse(params), "source", tmp_path / "raw/source")
+    done = _cli(tmp_path, params, "raw/target", "organized/target", "metrics/target.json", "--others", "raw")
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "metrics/target.json").read_text())["images"] == {"train": 28, "val": 6, "test": 6}
+    (tmp_path / "raw/target/labels/target_00002.txt").write_text("0 0.5 0.5 0.1 0.1\n7 0.5 0.5 0.1 0.1\n")
+    failed = _cli(tmp_path, params, "raw/target", "organized/target", "metrics/target.json", "--others", "raw")
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr
+    assert failed.stderr.startswith("error: raw/target: 1 problems in the inputs")
+    assert "raw/target/labels/target_00002.txt:2: class id 7 is not one of 0..4" in failed.stderr
