@@ -1,4 +1,4 @@
-"""evaluate: test-split metrics of every evaluated model, and the comparison report."""
+"""evaluate: test-split metrics of every evaluated model, its dvc plots data, and the comparison report."""
 
 import json
 from pathlib import Path
@@ -8,10 +8,11 @@ from stagetrain import evaluate, report
 
 
 def work(cfg, args):
-    results = evaluate.run(cfg, args.data, args.models, Path(".stagetrain/runs/evaluate"))
+    results = evaluate.run(cfg, args.data, args.models, Path(".stagetrain/runs/evaluate"), args.plots)
     _cli.write_json(args.metrics, results)
     stage_metrics = {s: json.loads((args.stage_metrics / f"{s}.json").read_text()) for s in cfg.stages}
-    args.report.write_text(report.render(cfg, stage_metrics, results))
+    export = json.loads(args.export_metrics.read_text())
+    args.report.write_text(report.render(cfg, stage_metrics, results, export))
     print(report.verdict(cfg, stage_metrics, results))
 
 
@@ -20,6 +21,8 @@ if __name__ == "__main__":
     p.add_argument("--data", type=Path, required=True, help="organized data.yaml of `evaluate.dataset`")
     p.add_argument("--models", type=Path, required=True, help="folder holding <stage>/best.pt")
     p.add_argument("--stage-metrics", type=Path, required=True, help="folder holding <stage>.json")
+    p.add_argument("--export-metrics", type=Path, required=True, help="export JSON of the shipped model, quoted in the report")
     p.add_argument("--metrics", type=Path, required=True, help="eval JSON to write")
     p.add_argument("--report", type=Path, required=True, help="markdown report to write")
+    p.add_argument("--plots", type=Path, required=True, help="folder for pr/<model>.json and confusion/<model>.json")
     _cli.main(p, work)

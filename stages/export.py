@@ -1,4 +1,4 @@
-"""export: ONNX (and TensorRT on a GPU) of the chosen stage, with size, latency and parity."""
+"""export: ONNX (and TensorRT on a GPU) of the chosen stage, with size, parity and latency."""
 
 from pathlib import Path
 
@@ -7,15 +7,17 @@ from stagetrain import export
 
 
 def work(cfg, args):
-    results = export.run(cfg, args.weights, args.images, args.out, Path(".stagetrain/runs/export"))
+    results = export.run(cfg, args.weights, args.data, args.out, Path(".stagetrain/runs/export"))
     _cli.write_json(args.metrics, results)
-    print(f"export: {results}")
+    onnx = results.get("onnx", {})
+    print(f"export: onnx max |diff| {onnx.get('max_abs_diff')}, mAP50 diff {onnx.get('mAP50_diff')}, latency ratio {onnx.get('latency_ratio')}")
+    print(f"export: engine {results.get('engine', {}).get('skipped') or results.get('engine', {}).get('latency_ratio')}")
 
 
 if __name__ == "__main__":
     p = _cli.parser(__doc__)
     p.add_argument("--weights", type=Path, required=True, help="checkpoint to export")
-    p.add_argument("--images", type=Path, required=True, help="test images for the parity check")
+    p.add_argument("--data", type=Path, required=True, help="organized data.yaml: test split for parity/latency, val split for INT8 calibration")
     p.add_argument("--out", type=Path, required=True, help="export folder, e.g. models/export")
     p.add_argument("--metrics", type=Path, required=True, help="export JSON to write")
     _cli.main(p, work)

@@ -100,3 +100,19 @@ def test_stage3_param_change_reruns_only_downstream(repo):
     assert sorted(ran(output)) == ["evaluate", "export", "train@stage3"]
     diff = dvc(repo, "params", "diff")
     assert "stages.stage3.lr0" in diff and "0.0002" in diff
+
+
+def test_plots_show_draws_every_stage_and_the_eval_plots(repo, tmp_path):
+    dvc(repo, "plots", "show", "-o", str(tmp_path / "plots"))
+    html = (tmp_path / "plots" / "index.html").read_text()
+
+    def drawn(path: str) -> bool:  # DVC names each plot's <div> after its file, `/` and `.` made `_`
+        return f"#{path.replace('/', '_').replace('.', '_')}'" in html  # vegaEmbed('#<id>', spec)
+
+    assert all(drawn(f"metrics/{stage}/plots/metrics/val/mAP50.tsv") for stage in STAGES)
+    assert all(drawn(f"metrics/eval/{kind}/{model}.json") for kind in ("pr", "confusion") for model in ("stage3", "baseline"))
+    pr = json.loads((repo / "metrics/eval/pr/stage3.json").read_text())
+    confusion = json.loads((repo / "metrics/eval/confusion/stage3.json").read_text())
+    assert {"recall", "precision"} == set(pr[0]) and {"actual", "predicted"} == set(confusion[0])
+    report = (repo / "metrics/report.md").read_text()
+    assert "pycocotools mAP50-95" in report and "## Export of `stage3`" in report

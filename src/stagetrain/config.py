@@ -149,10 +149,14 @@ class Config:
     evaluate_dataset: str
     evaluate_split: str
     evaluate_models: tuple[str, ...]
+    evaluate_tta: bool  # test-time augmentation (Ultralytics `augment=True`) in the test-split evaluation
     export_model: str
     export_formats: tuple[str, ...]
     export_half: bool
     export_int8: bool
+    export_opset: int | None  # None: Ultralytics picks (18 with torch 2.14)
+    export_dynamic: bool  # dynamic batch and image size in the ONNX graph
+    export_simplify: bool  # onnxslim graph simplification
     source: str = "params.yaml"
 
 
@@ -279,9 +283,12 @@ def parse(raw: Any, src: str = "params.yaml") -> Config:
     _check_chain(stages, {BASE, *inits}, src)
 
     evaluate = _section(raw, "evaluate", src)
-    _check_keys(evaluate, ("dataset", "split", "models"), "evaluate", src)
+    _check_keys(evaluate, ("dataset", "split", "models", "tta"), "evaluate", src)
     export = _section(raw, "export", src)
-    _check_keys(export, ("model", "formats", "half", "int8"), "export", src)
+    _check_keys(export, ("model", "formats", "half", "int8", "opset", "dynamic", "simplify"), "export", src)
+    opset = _typed(export.get("opset"), (int, type(None)), "export.opset", src)
+    if opset is not None and opset < 11:
+        raise ConfigError(f"{src}: `export.opset` is {opset}; use null (Ultralytics picks) or 11 or more (YOLO detectors need opset >= 11)")
     cfg = Config(
         seed=seed,
         classes=classes,
@@ -296,10 +303,14 @@ def parse(raw: Any, src: str = "params.yaml") -> Config:
         evaluate_dataset=_require(evaluate, "dataset", str, "evaluate", src),
         evaluate_split=_require(evaluate, "split", str, "evaluate", src),
         evaluate_models=tuple(_require(evaluate, "models", list, "evaluate", src)),
+        evaluate_tta=_typed(evaluate.get("tta", False), bool, "evaluate.tta", src),
         export_model=_require(export, "model", str, "export", src),
         export_formats=tuple(_require(export, "formats", list, "export", src)),
         export_half=_require(export, "half", bool, "export", src),
         export_int8=_require(export, "int8", bool, "export", src),
+        export_opset=opset,
+        export_dynamic=_typed(export.get("dynamic", True), bool, "export.dynamic", src),
+        export_simplify=_typed(export.get("simplify", True), bool, "export.simplify", src),
         source=src,
     )
     _check_references(cfg)

@@ -1,28 +1,163 @@
-"""evaluate: every model in ``evaluate.models`` on the test split of ``evaluate.dataset``."""
+"""evaluate: every model in ``evaluate.models`` on the test split of ``evaluate.dataset``.
+
+Ultralytics' validator scores each checkpoint (optionally with test-time augmentation). The very
+predictions it saves (``save_json``) are scored a second time by pycocotools against a COCO
+ground truth built here from the organized YOLO labels, so a bug on either side (label loading,
+coordinate scaling, matching) shows up as a gap between the two mAP50-95 figures in eval.json.
+Per model it also returns the test PR curve and the confusion rows that ``dvc plots`` draws.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import shutil
 import time
 from pathlib import Path
+from typing import Any, NamedTuple
 
-from stagetrain.config import Config
+import numpy as np
+import yaml
+from PIL import Image
+
+from stagetrain import ultra  # noqa: F401  (hermetic set-up before Ultralytics is imported)
+from stagetrain.config import Config, ConfigError
 from stagetrain.train import checkpoint
+from ultralytics.data.utils import IMG_FORMATS, exif_size, img2label_paths
+from ultralytics.models.yolo.detect import DetectionValidator
+
+MAX_DET = 300  # detections kept per image: Ultralytics' val default, and COCOeval's maxDets to match it
+CONFUSION_CONF = 0.25  # Ultralytics' predict threshold: at val's 0.001 nearly every row would be a background false positive
+PR_POINTS = 101  # recall steps of the PR curve written for dvc plots (COCO's 101-point grid)
+BACKGROUND = "background"
 
 
-def evaluate_model(cfg: Config, weights: Path, data_yaml: Path, work_dir: Path) -> dict:
-    """Test-split metrics of one checkpoint: mAP50, mAP50-95, precision, recall, per-class AP."""
+class EvalValidator(DetectionValidator):
+    """Ultralytics' detection validator with a confusion matrix but no PNG plots, and no COCO scoring of its own.
+
+    With ``plots=False`` Ultralytics skips the confusion matrix; ``_process_batch`` sees every
+    image's predictions and ground truth, so it fills the matrix there. ``eval_json`` would score
+    the predictions with faster-coco-eval (not a dependency): we score them with pycocotools instead.
+    """
+
+    def _process_batch(self, preds: dict, batch: dict) -> dict:
+        if not self.args.plots:  # with plots on, Ultralytics fills it itself
+            self.confusion_matrix.process_batch(preds, batch, conf=CONFUSION_CONF)
+        return super()._process_batch(preds, batch)
+
+    def eval_json(self, stats: dict[str, Any]) -> dict[str, Any]:
+        return stats
+
+
+class ModelEvaluation(NamedTuple):
+    metrics: dict[str, Any]  # one model's entry in metrics/eval.json
+    pr_curve: list[dict[str, float]]  # rows {recall, precision}: mean over classes, IoU 0.5
+    confusion: list[dict[str, str]]  # rows {actual, predicted}: one per matched or unmatched box
+
+
+def split_images(data_yaml: Path, split: str) -> list[Path]:
+    """Image files of ``split`` in an organized ``data.yaml`` (whose paths are relative to its folder)."""
+    data = yaml.safe_load(data_yaml.read_text())
+    if split not in data:
+        raise ConfigError(f"{data_yaml}: no `{split}` split; rerun organize or set `evaluate.split` to one of train, val, test")
+    root = data_yaml.parent / data["path"] if data.get("path") else data_yaml.parent
+    folder = root / data[split]
+    images = sorted(p for p in folder.iterdir() if p.suffix.lower().lstrip(".") in IMG_FORMATS) if folder.is_dir() else []
+    if not images:
+        raise ConfigError(f"{data_yaml}: the `{split}` split ({folder}) holds no images; rerun organize")
+    return images
+
+
+def coco_ground_truth(images: list[Path], classes: tuple[str, ...]) -> dict[str, Any]:
+    """COCO ground truth from YOLO labels: image ids 1..n in file order, category id = class index + 1.
+
+    Category ids match Ultralytics' ``class_map`` for custom data; predictions are matched to
+    images by file name, since Ultralytics' own image ids are file stems.
+    """
+    coco: dict[str, Any] = {"images": [], "annotations": [], "categories": [{"id": i + 1, "name": n} for i, n in enumerate(classes)]}
+    for image_id, (image, label) in enumerate(zip(images, img2label_paths([str(p) for p in images])), 1):
+        with Image.open(image) as im:
+            width, height = exif_size(im)
+        coco["images"].append({"id": image_id, "file_name": image.name, "width": width, "height": height})
+        rows = [line.split() for line in Path(label).read_text().splitlines() if line.strip()] if Path(label).exists() else []
+        for row in rows:
+            cls, coords = int(row[0]), np.array(row[1:], dtype=float)
+            if len(coords) == 4:  # cx cy w h
+                x0, y0, x1, y1 = coords[0] - coords[2] / 2, coords[1] - coords[3] / 2, coords[0] + coords[2] / 2, coords[1] + coords[3] / 2
+            else:  # a polygon: Ultralytics trains and validates on its bounding box
+                x0, y0, x1, y1 = coords[0::2].min(), coords[1::2].min(), coords[0::2].max(), coords[1::2].max()
+            box = [x0 * width, y0 * height, (x1 - x0) * width, (y1 - y0) * height]
+            ann_id = len(coco["annotations"]) + 1
+            coco["annotations"].append({"id": ann_id, "image_id": image_id, "category_id": cls + 1, "bbox": box, "area": box[2] * box[3], "iscrowd": 0})
+    return coco
+
+
+def coco_scores(ground_truth: dict[str, Any], predictions: list[dict[str, Any]]) -> dict[str, float]:
+    """pycocotools' bbox mAP50 and mAP50-95 of Ultralytics-format predictions (matched to images by file name)."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    ids = {image["file_name"]: image["id"] for image in ground_truth["images"]}
+    detections = [{"image_id": ids[p["file_name"]], "category_id": p["category_id"], "bbox": p["bbox"], "score": p["score"]} for p in predictions]
+    if not detections or not ground_truth["annotations"]:
+        return {"mAP50": 0.0, "mAP50-95": 0.0}
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress and summary table
+        gt = COCO()
+        gt.dataset = ground_truth
+        gt.createIndex()
+        scorer = COCOeval(gt, gt.loadRes(detections), "bbox")
+        scorer.params.maxDets = [1, 10, MAX_DET]
+        scorer.evaluate()
+        scorer.accumulate()
+    # precision[iou, recall, class, area, maxDets]; -1 marks classes without ground truth. summarize() is not
+    # used: its mAP50-95 line is hard-wired to maxDets=100, which our [1, 10, MAX_DET] does not contain.
+    precision = scorer.eval["precision"][:, :, :, 0, -1]
+    return {"mAP50": _mean_defined(precision[0]), "mAP50-95": _mean_defined(precision)}
+
+
+def _mean_defined(precision: np.ndarray) -> float:
+    defined = precision[precision > -1]
+    return float(defined.mean()) if defined.size else 0.0
+
+
+def pr_rows(box: Any) -> list[dict[str, float]]:
+    """Mean precision over the classes present, at ``PR_POINTS`` recall steps (IoU 0.5)."""
+    prec = np.asarray(box.prec_values)
+    mean = prec.mean(0) if prec.size else np.zeros_like(box.px)
+    steps = np.linspace(0, len(box.px) - 1, PR_POINTS).round().astype(int)
+    return [{"recall": round(float(box.px[i]), 4), "precision": round(float(mean[i]), 6)} for i in steps]
+
+
+def confusion_rows(matrix: np.ndarray, classes: tuple[str, ...]) -> list[dict[str, str]]:
+    """DVC's confusion-template rows from Ultralytics' ``[predicted, actual]`` count matrix (last index = background)."""
+    names = [*classes, BACKGROUND]
+    return [
+        {"actual": names[actual], "predicted": names[predicted]}
+        for predicted, actual in zip(*np.nonzero(matrix))
+        for _ in range(int(matrix[predicted, actual]))
+    ]
+
+
+def evaluate_model(cfg: Config, weights: Path, data_yaml: Path, work_dir: Path, validator: type = EvalValidator) -> ModelEvaluation:
+    """Test-split metrics of one checkpoint, cross-checked with pycocotools, plus its PR and confusion rows."""
     from stagetrain.ultra import YOLO, resolve_device
 
     checkpoint.check_class_names(weights, cfg.classes)
     train_args = cfg.stages[weights.parent.name].train_args if weights.parent.name in cfg.stages else {}
+    images = split_images(data_yaml, cfg.evaluate_split)
+    shutil.rmtree(work_dir, ignore_errors=True)  # predictions.json of an earlier run must not be read as this one's
     started = time.perf_counter()
     result = YOLO(str(weights)).val(
+        validator=validator,
         data=str(data_yaml),
         split=cfg.evaluate_split,
         imgsz=cfg.imgsz,
         batch=train_args.get("batch", 16),
         device=resolve_device(train_args.get("device")),
+        augment=cfg.evaluate_tta,
+        max_det=MAX_DET,
+        save_json=True,
         plots=False,
         verbose=False,
         project=str(work_dir.parent.resolve()),
@@ -30,25 +165,49 @@ def evaluate_model(cfg: Config, weights: Path, data_yaml: Path, work_dir: Path) 
         exist_ok=True,
     )
     seconds = time.perf_counter() - started
+    predictions_file = work_dir / "predictions.json"
+    predictions = json.loads(predictions_file.read_text()) if predictions_file.exists() else []  # absent: no detections
+    ground_truth = coco_ground_truth(images, cfg.classes)
+    coco = coco_scores(ground_truth, predictions)
     box = result.box
     per_class = {name: {"AP50": 0.0, "AP50-95": 0.0} for name in cfg.classes}
     for i, class_id in enumerate(result.ap_class_index):
         per_class[cfg.classes[int(class_id)]] = {"AP50": round(float(box.ap50[i]), 6), "AP50-95": round(float(box.ap[i]), 6)}
-    return {
+    metrics = {
         "mAP50": round(float(box.map50), 6),
         "mAP50-95": round(float(box.map), 6),
         "precision": round(float(box.mp), 6),
         "recall": round(float(box.mr), 6),
+        "coco_mAP50": round(coco["mAP50"], 6),
+        "coco_mAP50-95": round(coco["mAP50-95"], 6),
+        "coco_delta_mAP50-95": round(coco["mAP50-95"] - float(box.map), 6),
+        "tta": cfg.evaluate_tta,
+        "images": len(ground_truth["images"]),
+        "instances": len(ground_truth["annotations"]),
+        "detections": len(predictions),
         "inference_ms_per_image": round(float(result.speed["inference"]), 3),
         "seconds": round(seconds, 1),
         "per_class": per_class,
     }
+    return ModelEvaluation(metrics, pr_rows(box), confusion_rows(result.confusion_matrix.matrix, cfg.classes))
 
 
-def run(cfg: Config, data_yaml: Path, models_dir: Path, work_dir: Path) -> dict:
-    """Evaluate every ``evaluate.models`` checkpoint; returns ``{model: metrics}``."""
+def run(cfg: Config, data_yaml: Path, models_dir: Path, work_dir: Path, plots_dir: Path | None = None, validator: type = EvalValidator) -> dict:
+    """Evaluate every ``evaluate.models`` checkpoint; returns ``{model: metrics}``.
+
+    With ``plots_dir``, writes ``pr/<model>.json`` and ``confusion/<model>.json`` there (the
+    folders dvc.yaml declares as plots), replacing whatever an earlier run left.
+    """
     results = {}
+    for sub in ("pr", "confusion"):
+        if plots_dir is not None:
+            shutil.rmtree(plots_dir / sub, ignore_errors=True)
+            (plots_dir / sub).mkdir(parents=True)
     for name in cfg.evaluate_models:
-        results[name] = evaluate_model(cfg, models_dir / name / "best.pt", data_yaml, work_dir / name)
+        evaluation = evaluate_model(cfg, models_dir / name / "best.pt", data_yaml, work_dir / name, validator)
+        results[name] = evaluation.metrics
+        if plots_dir is not None:
+            (plots_dir / "pr" / f"{name}.json").write_text(json.dumps(evaluation.pr_curve) + "\n")
+            (plots_dir / "confusion" / f"{name}.json").write_text(json.dumps(evaluation.confusion) + "\n")
     shutil.rmtree(work_dir, ignore_errors=True)
     return results
