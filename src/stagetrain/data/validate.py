@@ -86,7 +86,7 @@ def check_image(path: str | Path) -> ImageCheck:
                 image.draft(image.mode, (1, 1))  # 1/8-scale IDCT; the entropy-coded data is still decoded in full
             image.load()
             orientation = image.getexif().get(EXIF_ORIENTATION)
-    except UnidentifiedImageError:
+    except (UnidentifiedImageError, ImportError):  # ImportError: an opener Ultralytics registers (HEIF) probing without its module
         return ImageCheck(digest, 0, 0, "not an image (Pillow recognises no image format in it)")
     except Exception as err:  # Pillow raises OSError, SyntaxError, ValueError, DecompressionBombError... on bad input
         return ImageCheck(digest, 0, 0, f"cannot be decoded, truncated or corrupt ({err}); re-export or delete it")
