@@ -32,17 +32,22 @@ def model_of(ckpt: dict[str, Any]) -> torch.nn.Module:
     return model
 
 
-def class_names(path: Path) -> list[str]:
-    names = getattr(model_of(read(path)), "names", None) or {}
+def names_of(model: torch.nn.Module) -> list[str]:
+    names = getattr(model, "names", None) or {}
     return [names[k] for k in sorted(names)] if isinstance(names, dict) else list(names)
 
 
-def check_class_names(path: Path, classes: tuple[str, ...]) -> None:
+def class_names(path: Path) -> list[str]:
+    return names_of(model_of(read(path)))
+
+
+def check_class_names(path: Path, classes: tuple[str, ...], model: torch.nn.Module | None = None) -> None:
     """Refuse a checkpoint whose head classes differ from the canonical list.
 
     Ultralytics copies head rows by index when only the count matches, which silently swaps classes.
+    Pass ``model`` when the checkpoint is already loaded, to avoid reading it twice.
     """
-    names = class_names(path)
+    names = names_of(model) if model is not None else class_names(path)
     if names != list(classes):
         raise ConfigError(
             f"{path}: class names {names} differ from params.yaml `classes` {list(classes)}; "

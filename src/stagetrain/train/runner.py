@@ -91,8 +91,8 @@ def run(cfg: Config, stage_name: str, data_yaml: Path, upstream: Path, out_dir: 
     from stagetrain.ultra import YOLO, resolve_device
 
     stage = cfg.stages[stage_name]
-    checkpoint.check_class_names(upstream, cfg.classes)
     model = YOLO(str(upstream))
+    checkpoint.check_class_names(upstream, cfg.classes, model.model)
     freeze = frozen_layers(model.model, stage.freeze_level)
     args = effective_args(cfg, stage_name, data_yaml, freeze, resolve_device(stage.train_args.get("device")))
 
