@@ -77,6 +77,27 @@ def test_changed_params_never_resume_stale_work(workspace):
     assert yaml.safe_load((workspace / "out/args.yaml").read_text())["lr0"] == 0.002
 
 
+def test_a_second_trainer_of_the_same_stage_is_refused(workspace):
+    """An orphaned trainer (its `dvc repro` killed) still owns the run folder; a rerun must not train beside it."""
+    first = subprocess.Popen(train_cmd(workspace), cwd=workspace, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        lock = workspace / ".work.lock"
+        deadline = time.monotonic() + 120
+        while f"pid {first.pid}" not in (lock.read_text() if lock.exists() else ""):
+            assert first.poll() is None and time.monotonic() < deadline, "first trainer never took the lock"
+            time.sleep(0.1)
+        second = subprocess.run(train_cmd(workspace), cwd=workspace, capture_output=True, text=True)
+        assert second.returncode == 2
+        assert f"work: pid {first.pid} is still training this stage" in second.stderr
+        assert "Traceback" not in second.stderr
+    finally:
+        first.kill()
+        first.wait()
+    # the kernel dropped the dead holder's lock: the next run proceeds (and resumes if it can)
+    subprocess.run(train_cmd(workspace), cwd=workspace, check=True, capture_output=True)
+    assert json.loads((workspace / "stage2.json").read_text())["epochs_run"] == EPOCHS
+
+
 @pytest.mark.slow
 def test_dvc_repro_recovers_from_both_crash_shapes(tmp_path):
     """Kill only the training process, then the whole `dvc repro` process group; each rerun resumes."""
@@ -102,7 +123,11 @@ def test_dvc_repro_recovers_from_both_crash_shapes(tmp_path):
 
     # 1. out of memory: only the training process dies; DVC reports the failure and exits
     proc = run_until_epoch(1)
-    trainer = next(p for p in psutil.Process(proc.pid).children(recursive=True) if "stages/train.py" in " ".join(p.cmdline()))
+    # the python process itself, not a shell wrapping it (killing only the shell would orphan the trainer)
+    trainer = next(
+        p for p in psutil.Process(proc.pid).children(recursive=True)
+        if p.name().startswith("python") and "stages/train.py" in " ".join(p.cmdline())
+    )  # fmt: skip
     trainer.kill()
     assert proc.wait() != 0
     # 2. reboot / kill -9 of everything: the rerun is killed with its whole process group

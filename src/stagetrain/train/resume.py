@@ -10,15 +10,19 @@ other params or inputs is never resumed; it is thrown away.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from stagetrain import ultra  # noqa: F401  (hermetic set-up before Ultralytics is imported)
+from stagetrain.config import ConfigError
 from ultralytics.models.yolo.detect import DetectionTrainer
 
 CODE_FILES = ("config.py", "ultra.py", "train/runner.py", "train/resume.py", "train/freeze.py", "train/checkpoint.py")
@@ -95,6 +99,35 @@ class RunState:
         if ckpt.get("optimizer") is None or not 0 < completed < epochs:
             return None  # stripped (finished) or not started: nothing to resume
         return completed
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the stage's run folder for this process; a second trainer of the same stage is refused.
+
+        A `dvc repro` killed without its training process (the trainer is orphaned and goes on) must
+        not let the next `dvc repro` train into the same folder beside it. ``flock`` is released by
+        the kernel when the holder dies, so a crash never leaves a stale lock behind.
+        """
+        self.work_dir.parent.mkdir(parents=True, exist_ok=True)
+        lock = self.work_dir.parent / f".{self.work_dir.name}.lock"
+        with open(lock, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise ConfigError(
+                    f"{self.work_dir}: {holder} is still training this stage (an orphan of a killed run?); "
+                    "wait for it to finish or kill it, then rerun"
+                ) from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()}\n")
+            handle.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def start_fresh(self) -> None:
         if self.work_dir.exists():

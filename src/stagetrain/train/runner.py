@@ -97,34 +97,35 @@ def run(cfg: Config, stage_name: str, data_yaml: Path, upstream: Path, out_dir: 
     args = effective_args(cfg, stage_name, data_yaml, freeze, resolve_device(stage.train_args.get("device")))
 
     state = resume.RunState(work_dir, resume.fingerprint(args, upstream, data_yaml))
-    resumed_from = state.resumable_epoch(int(args.get("epochs", 100)))
-    if resumed_from is None:
-        state.start_fresh()
-    else:
-        model = YOLO(str(state.last))
-    logger = _LiveLogger(state.live_dir, resume=resumed_from is not None)
-    for event in ("on_train_epoch_end", "on_fit_epoch_end"):
-        model.add_callback(event, getattr(logger, event))
+    with state.exclusive():  # an orphaned trainer of this stage must not share its run folder
+        resumed_from = state.resumable_epoch(int(args.get("epochs", 100)))
+        if resumed_from is None:
+            state.start_fresh()
+        else:
+            model = YOLO(str(state.last))
+        logger = _LiveLogger(state.live_dir, resume=resumed_from is not None)
+        for event in ("on_train_epoch_end", "on_fit_epoch_end"):
+            model.add_callback(event, getattr(logger, event))
 
-    started = time.perf_counter()
-    run_args = {"project": str(state.run_dir.parent.resolve()), "name": state.run_dir.name, "exist_ok": True, "verbose": False}
-    if resumed_from is None:
-        model.train(trainer=resume.AtomicCheckpointTrainer, **args, **run_args)
-    else:
-        model.train(trainer=resume.AtomicCheckpointTrainer, resume=True, **run_args)
-    logger.live.end()
-    seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        run_args = {"project": str(state.run_dir.parent.resolve()), "name": state.run_dir.name, "exist_ok": True, "verbose": False}
+        if resumed_from is None:
+            model.train(trainer=resume.AtomicCheckpointTrainer, **args, **run_args)
+        else:
+            model.train(trainer=resume.AtomicCheckpointTrainer, resume=True, **run_args)
+        logger.live.end()
+        seconds = time.perf_counter() - started
 
-    trainer = model.trainer
-    effective = _portable({**vars(trainer.args), "freeze": freeze}, upstream)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("best.pt", "last.pt"):
-        checkpoint.write_portable(checkpoint.read(trainer.wdir / name), out_dir / name, effective)
-    (out_dir / "args.yaml").write_text(yaml.safe_dump(effective, sort_keys=True))
-    if live_dir.exists():
-        shutil.rmtree(live_dir)
-    shutil.copytree(state.live_dir / "plots", live_dir / "plots")  # metrics.json: metrics/<stage>.json is the summary
-    shutil.rmtree(work_dir, ignore_errors=True)
+        trainer = model.trainer
+        effective = _portable({**vars(trainer.args), "freeze": freeze}, upstream)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name in ("best.pt", "last.pt"):
+            checkpoint.write_portable(checkpoint.read(trainer.wdir / name), out_dir / name, effective)
+        (out_dir / "args.yaml").write_text(yaml.safe_dump(effective, sort_keys=True))
+        if live_dir.exists():
+            shutil.rmtree(live_dir)
+        shutil.copytree(state.live_dir / "plots", live_dir / "plots")  # metrics.json: metrics/<stage>.json is the summary
+        shutil.rmtree(state.work_dir, ignore_errors=True)
     return {
         **{key: round(logger.final_metrics.get(key, 0.0), 6) for key in METRIC_KEYS.values()},
         "epochs_run": logger.epochs_run,
