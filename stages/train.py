@@ -8,7 +8,7 @@ from stagetrain.train import runner
 
 def work(cfg, args):
     work_dir = args.work or Path(".stagetrain/runs") / args.stage
-    metrics = runner.run(cfg, args.stage, args.data, args.upstream, args.out, args.live, work_dir)
+    metrics = runner.run(cfg, args.stage, args.data, args.upstream, args.out, args.live, work_dir, args.teacher)
     _cli.write_json(args.metrics, metrics)
     print(f"train@{args.stage}: {metrics}")
 
@@ -19,6 +19,7 @@ if __name__ == "__main__":
     p.add_argument("--data", type=Path, required=True, help="organized data.yaml of the stage's dataset")
     p.add_argument("--upstream", type=Path, required=True, help="checkpoint of the `from:` stage")
     p.add_argument("--out", type=Path, required=True, help="folder for best.pt, last.pt, args.yaml")
+    p.add_argument("--teacher", type=Path, default=None, help="checkpoint of the stage's `teacher:` (used with `distill:`)")
     p.add_argument("--metrics", type=Path, required=True, help="final val metrics JSON")
     p.add_argument("--live", type=Path, required=True, help="dvclive folder for per-epoch plots")
     p.add_argument("--work", type=Path, default=None, help="scratch run folder (default: .stagetrain/runs/<stage>)")

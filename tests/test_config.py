@@ -36,7 +36,7 @@ def test_stage_keys_win_over_train_defaults(params):
         (lambda p: p["stages"]["stage2"].update(lr=0.1), r"unknown key `stages.stage2.lr`; did you mean .*`lr0`"),
         (lambda p: p["stages"]["stage2"].update(freez_level=1), r"`stages.stage2.freez_level`; did you mean `freeze_level`\?"),
         (lambda p: p["model"].update(imgsize=64), r"unknown key `model.imgsize`; did you mean `imgsz`\?"),
-        (lambda p: p["stages"]["stage2"].update(epochs="ten"), r"`stages.stage2.epochs` must be int or float, got str"),
+        (lambda p: p["stages"]["stage2"].update(epochs="ten"), r"`stages.stage2.epochs` must be int, got str"),
         (lambda p: p.update(seed="0"), r"`seed` must be int, got str"),
         (lambda p: p["organize"].update(dedupe="yes"), r"`organize.dedupe` must be bool"),
         (lambda p: p["stages"]["stage2"].update({"from": "stage0"}), r"`stages.stage2.from` names no stage: 'stage0'; did you mean .*`stage1`"),
@@ -50,7 +50,7 @@ def test_stage_keys_win_over_train_defaults(params):
         (lambda p: p["datasets"]["source"].update(kind="kaggle"), r"`datasets.source.kind` is 'kaggle'"),
         (lambda p: p["datasets"]["source"]["synthetic"].update(domain="mars"), r"`datasets.source.synthetic.domain` is 'mars'"),
         (lambda p: p["organize"]["split"].update(train=0.9), r"`organize.split` needs train, val and test fractions"),
-        (lambda p: p["stages"].update(base={"from": "base", "dataset": "source"}), r"`stages.base` is reserved"),
+        (lambda p: p["stages"].update(base={"from": "base", "teacher": "base", "dataset": "source"}), r"`stages.base` is reserved"),
         (lambda p: p["stages"]["stage2"].pop("close_mosaic"), r"`stages.stage2.mosaic: 0.3` would never run.*set `stages.stage2.close_mosaic` below 1"),
     ],
 )
@@ -81,7 +81,7 @@ def test_missing_params_file_is_a_clear_error(tmp_path):
 
 
 def test_from_accepts_dvc_tracked_weights(tmp_path, params):
-    params["stages"]["stage2"]["from"] = "coco"
+    params["stages"]["stage2"].update({"from": "coco", "teacher": "coco"})
     src = str(tmp_path / "params.yaml")
     with pytest.raises(ConfigError, match=r"`dvc add models/coco/best.pt`"):
         parse(params, src)
@@ -94,12 +94,16 @@ def test_inits_add_starting_points_to_the_dag(tmp_path, params):
     from conftest import copy_repo
 
     params["model"]["inits"] = {"teacher_init": "yolov8s.yaml"}
-    params["stages"]["teacher"] = {"from": "teacher_init", "dataset": "target", "epochs": 1}
+    params["stages"]["teacher"] = {"from": "teacher_init", "teacher": "teacher_init", "dataset": "target", "epochs": 1}
+    params["stages"]["stage3"].update(teacher="teacher", distill={"kind": "logit"})
     assert parse(params).stages["teacher"].upstream == "teacher_init"
     repo = copy_repo(tmp_path / "repo")
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     dag = subprocess.run([sys.executable, "-m", "dvc", "dag", "train@teacher"], cwd=repo, capture_output=True, text=True, check=True).stdout
     assert "init@teacher_init" in dag and "train@teacher" in dag and "base" not in dag.replace("teacher", "")
+    # a teacher is a DVC dependency of its student: the student's DAG holds the teacher's branch
+    dag = subprocess.run([sys.executable, "-m", "dvc", "dag", "train@stage3"], cwd=repo, capture_output=True, text=True, check=True).stdout
+    assert "train@teacher" in dag and "init@teacher_init" in dag
     params["model"]["inits"] = {"stage1": "yolov8s.yaml"}
     with pytest.raises(ConfigError, match=r"`model.inits.stage1` clashes with a stage"):
         parse(params)

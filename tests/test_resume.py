@@ -37,7 +37,7 @@ def train_cmd(tmp: Path) -> list[str]:
     return [
         sys.executable, str(REPO / "stages/train.py"), "stage2", "--params", "params.yaml",
         "--data", "data/data.yaml", "--upstream", "base.pt", "--out", "out", "--metrics", "stage2.json",
-        "--live", "live", "--work", "work",
+        "--live", "live", "--work", "work", "--teacher", "base.pt",
     ]  # fmt: skip
 
 
@@ -54,13 +54,19 @@ def start_and_kill_after_first_epoch(tmp: Path) -> None:
     assert checkpoint.read(last)["epoch"] + 1 < EPOCHS, "killed too late to prove a resume"
 
 
-def test_killed_stage_resumes_and_finishes(workspace):
+@pytest.mark.parametrize("kind", [None, "logit", "feature"])
+def test_killed_stage_resumes_and_finishes(workspace, kind):
+    if kind:  # a distilled stage resumes like a plain one (its teacher rebuilt, not resumed from the checkpoint)
+        params = yaml.safe_load((workspace / "params.yaml").read_text())
+        params["stages"]["stage2"].update(teacher="stage1", distill={"kind": kind})
+        (workspace / "params.yaml").write_text(yaml.safe_dump(params))
     start_and_kill_after_first_epoch(workspace)
     completed = checkpoint.read(workspace / "work/run/weights/last.pt")["epoch"] + 1
     subprocess.run(train_cmd(workspace), cwd=workspace, check=True, capture_output=True)
     metrics = json.loads((workspace / "stage2.json").read_text())
     assert metrics["resumed_from_epoch"] == completed >= 1
     assert metrics["epochs_run"] == EPOCHS
+    assert metrics["distill"] == (kind and {"kind": kind, "teacher": "stage1"})
     steps = (workspace / "live/plots/metrics/train/box_loss.tsv").read_text().splitlines()[1:]
     assert [int(line.split("\t")[0]) for line in steps] == list(range(EPOCHS))  # one curve, no restart at 0
     assert not (workspace / "work").exists()

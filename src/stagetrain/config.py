@@ -25,8 +25,12 @@ class ConfigError(Exception):
 
 
 # Keys of ours inside a stage block; everything else must be an Ultralytics train argument.
-STAGE_KEYS = ("from", "dataset", "freeze_level", "distill", "loss_weights")
-REQUIRED_STAGE_KEYS = ("from", "dataset")  # dvc.yaml's template reads both for every stage
+STAGE_KEYS = ("from", "teacher", "dataset", "freeze_level", "distill", "loss_weights")
+# dvc.yaml's template reads these for every stage (DVC templating has no optional keys): `teacher` is a
+# DVC dependency of the stage, so a stage that does not distil names its own `from` there.
+REQUIRED_STAGE_KEYS = ("from", "teacher", "dataset")
+DISTILL_KINDS = ("logit", "feature")
+LOSS_TERMS = ("box", "cls", "dfl")  # Ultralytics' detection loss gains, set per stage by `loss_weights`
 # Ultralytics arguments the pipeline sets itself; the value says which param to use instead.
 RESERVED_ARGS = {
     "data": "the stage's `dataset:` key",
@@ -40,6 +44,8 @@ RESERVED_ARGS = {
     "resume": "nothing: resume is automatic",
     "mode": "nothing",
     "task": "nothing: stagetrain trains detectors",
+    "distill_model": "the stage's `teacher:` with `distill: {kind: feature}`",
+    "dis": "`distill.lambda` (with `kind: feature`)",
 }
 BASE = "base"  # the pseudo-stage that holds the initial weights (models/base/best.pt)
 DATASET_KINDS = ("synthetic", "roboflow", "local")
@@ -54,6 +60,26 @@ def ultralytics_defaults() -> Mapping[str, Any]:
         raise ConfigError("ultralytics is not installed: run `make install` (or `pip install -r requirements.txt`)")
     path = Path(next(iter(spec.submodule_search_locations))) / "cfg" / "default.yaml"
     return MappingProxyType(yaml.safe_load(path.read_text()))
+
+
+@cache
+def ultralytics_arg_types() -> Mapping[str, tuple[type, ...]]:
+    """The types each Ultralytics argument accepts, from the ``# (bool | str)`` comments of its default.yaml.
+
+    The default value's type alone is too strict: ``cache: False`` also takes 'ram' or 'disk', ``amp`` 'bf16'.
+    """
+    import re
+
+    spec = importlib.util.find_spec("ultralytics")
+    path = Path(next(iter(spec.submodule_search_locations))) / "cfg" / "default.yaml"
+    names = {"bool": (bool,), "str": (str,), "int": (int,), "float": (int, float), "list": (list,), "tuple": (list,), "optional": (type(None),)}
+    out = {}
+    for line in path.read_text().splitlines():
+        match = re.match(r"(\w+):.*?# \(([^)]*)\)", line)
+        if match:
+            words = re.findall(r"[a-z]+", re.sub(r"\[[^]]*\]", "", match[2]))  # list[int] -> list
+            out[match[1]] = tuple(dict.fromkeys(k for w in words for k in names.get(w, ())))
+    return MappingProxyType(out)
 
 
 def _where(path: str, key: str) -> str:
@@ -110,7 +136,10 @@ def _ultralytics_args(raw: Mapping[str, Any], path: str, src: str, own: tuple[st
         if key == "device":
             out[key] = value  # 'auto', 'cpu', 0, '0,1' or a list: resolved at train time
             continue
-        if default is not None and value is not None:
+        declared = ultralytics_arg_types().get(key)
+        if declared and value is not None:
+            value = _typed(value, declared, _where(path, key), src)
+        elif default is not None and value is not None:
             kinds = (int, float) if isinstance(default, (int, float)) and not isinstance(default, bool) else type(default)
             value = _typed(value, kinds, _where(path, key), src)
         out[key] = value
@@ -126,12 +155,21 @@ class DatasetSpec:
 
 
 @dataclass(frozen=True)
+class DistillSpec:
+    kind: str  # logit: class-score and DFL-bin KL against the teacher's outputs; feature: Ultralytics' built-in
+    weight: float  # `lambda`: scales the distillation loss (for `feature`, Ultralytics' `dis`)
+    temperature: float  # softens both distributions (logit only)
+
+
+@dataclass(frozen=True)
 class StageSpec:
     name: str
     upstream: str  # `from:` in params: another stage's name or `base`
     dataset: str
     freeze_level: int
     train_args: Mapping[str, Any]  # effective Ultralytics arguments: `train` defaults, then stage keys
+    teacher: str = ""  # `teacher:`; meaningful only with `distill` (else it equals `from`)
+    distill: DistillSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -210,12 +248,17 @@ def _dataset(name: str, raw: Any, src: str) -> DatasetSpec:
 def _stage(name: str, raw: Any, defaults: Mapping[str, Any], src: str) -> StageSpec:
     path = f"stages.{name}"
     raw = _typed(raw, dict, path, src)
+    if "teacher" not in raw:
+        raise ConfigError(
+            f"{src}: missing key `{path}.teacher`; every stage names one (DVC needs the key on every stage): "
+            f"its `from` ({raw.get('from')!r}) unless it has a `distill:` block"
+        )
     for key in REQUIRED_STAGE_KEYS:
         _require(raw, key, str, path, src)
     freeze_level = _typed(raw.get("freeze_level", 0), int, f"{path}.freeze_level", src)
     if freeze_level not in (0, 1, 2):
         raise ConfigError(f"{src}: `{path}.freeze_level` is {freeze_level}; use 0 (train all), 1 (backbone frozen) or 2 (head only)")
-    args = {**defaults, **_ultralytics_args(raw, path, src, own=STAGE_KEYS)}
+    args = {**defaults, **_ultralytics_args(raw, path, src, own=STAGE_KEYS), **_loss_weights(raw, path, src)}
     epochs = args.get("epochs", ultralytics_defaults()["epochs"])
     close_mosaic = args.get("close_mosaic", ultralytics_defaults()["close_mosaic"])
     if raw.get("mosaic") and close_mosaic >= epochs:
@@ -223,7 +266,42 @@ def _stage(name: str, raw: Any, defaults: Mapping[str, Any], src: str) -> StageS
             f"{src}: `{path}.mosaic: {raw['mosaic']}` would never run: Ultralytics turns mosaic off for the last "
             f"close_mosaic ({close_mosaic}) of the stage's {epochs} epochs; set `{path}.close_mosaic` below {epochs} (e.g. 0)"
         )
-    return StageSpec(name, raw["from"], raw["dataset"], freeze_level, MappingProxyType(args))
+    distill = _distill(raw.get("distill"), f"{path}.distill", src) if raw.get("distill") is not None else None
+    return StageSpec(name, raw["from"], raw["dataset"], freeze_level, MappingProxyType(args), raw["teacher"], distill)
+
+
+def _loss_weights(raw: Mapping[str, Any], path: str, src: str) -> dict[str, float]:
+    weights = _typed(raw.get("loss_weights") or {}, dict, f"{path}.loss_weights", src)
+    _check_keys(weights, LOSS_TERMS, f"{path}.loss_weights", src)
+    out = {}
+    for term, value in weights.items():
+        if term in raw:
+            raise ConfigError(f"{src}: `{path}.{term}` and `{path}.loss_weights.{term}` both set the {term} loss gain; keep one")
+        out[term] = _typed(value, float, f"{path}.loss_weights.{term}", src)
+        if out[term] < 0:
+            raise ConfigError(f"{src}: `{path}.loss_weights.{term}` is {value}; use a gain >= 0 (0 turns the term off)")
+    return out
+
+
+def _distill(raw: Any, path: str, src: str) -> DistillSpec:
+    raw = _typed(raw, dict, path, src)
+    if "teacher" in raw:
+        stage = path.rsplit(".", 1)[0]
+        raise ConfigError(
+            f"{src}: `{path}.teacher`: name the teacher as `{stage}.teacher` instead (a DVC dependency of the stage, "
+            "so every stage carries that key; a stage that does not distil names its `from` there)"
+        )
+    _check_keys(raw, ("kind", "lambda", "temperature"), path, src)
+    kind = _typed(raw.get("kind", "logit"), str, f"{path}.kind", src)
+    if kind not in DISTILL_KINDS:
+        raise ConfigError(f"{src}: `{path}.kind` is {kind!r}; use logit (output KL) or feature (Ultralytics' feature distillation)")
+    weight = _typed(raw.get("lambda", 1.0), float, f"{path}.lambda", src)
+    temperature = _typed(raw.get("temperature", 2.0), float, f"{path}.temperature", src)
+    if weight < 0 or temperature <= 0:
+        raise ConfigError(f"{src}: `{path}` needs lambda >= 0 and temperature > 0, got lambda {weight}, temperature {temperature}")
+    if kind == "feature" and "temperature" in raw:
+        raise ConfigError(f"{src}: `{path}.temperature` applies to `kind: logit` only; remove it for `kind: feature`")
+    return DistillSpec(kind, weight, temperature)
 
 
 def tracked_weights(src: str, name: str) -> bool:
@@ -231,14 +309,18 @@ def tracked_weights(src: str, name: str) -> bool:
     return (Path(src).parent / "models" / name / "best.pt.dvc").exists()
 
 
+def _check_model_name(stages: Mapping[str, StageSpec], roots: set[str], src: str, where: str, name: str) -> None:
+    if name not in roots and name not in stages and not tracked_weights(src, name):
+        hint = suggest(name, [*sorted(roots), *stages]) or f"use one of: {', '.join([*sorted(roots), *stages])}"
+        raise ConfigError(
+            f"{src}: `{where}` names no stage: {name!r}; {hint} "
+            f"(a fresh architecture: add it under `model.inits`; your own weights: `dvc add models/{name}/best.pt`)"
+        )
+
+
 def _check_chain(stages: Mapping[str, StageSpec], roots: set[str], src: str) -> None:
     for stage in stages.values():
-        if stage.upstream not in roots and stage.upstream not in stages and not tracked_weights(src, stage.upstream):
-            hint = suggest(stage.upstream, [*sorted(roots), *stages]) or f"use one of: {', '.join([*sorted(roots), *stages])}"
-            raise ConfigError(
-                f"{src}: `stages.{stage.name}.from` names no stage: {stage.upstream!r}; {hint} "
-                f"(a fresh architecture: add it under `model.inits`; your own weights: `dvc add models/{stage.upstream}/best.pt`)"
-            )
+        _check_model_name(stages, roots, src, f"stages.{stage.name}.from", stage.upstream)
     for start in stages:
         seen, name = [start], stages[start].upstream
         while name in stages:
@@ -247,6 +329,33 @@ def _check_chain(stages: Mapping[str, StageSpec], roots: set[str], src: str) -> 
                 raise ConfigError(f"{src}: `stages.*.from` forms a cycle: {cycle}; one stage must start `from: {BASE}`")
             seen.append(name)
             name = stages[name].upstream
+    for stage in stages.values():
+        where = f"stages.{stage.name}.teacher"
+        if stage.distill is None:
+            if stage.teacher != stage.upstream:
+                raise ConfigError(
+                    f"{src}: `{where}` is {stage.teacher!r} but the stage has no `distill:` block; a stage that does not "
+                    f"distil names its `from` ({stage.upstream!r}) as teacher (DVC reruns the stage when its teacher changes), "
+                    f"or add `distill: {{kind: logit, lambda: 1.0, temperature: 2.0}}`"
+                )
+            continue
+        _check_model_name(stages, roots, src, where, stage.teacher)
+        if stage.teacher == stage.name or _descends_from(stages, stage.teacher, stage.name):
+            raise ConfigError(f"{src}: `{where}: {stage.teacher}` is trained from this stage's own result; a teacher must come before its student")
+
+
+def _descends_from(stages: Mapping[str, StageSpec], name: str, ancestor: str) -> bool:
+    """True when stage ``name`` starts (through `from:` or a teacher) from ``ancestor``'s checkpoint."""
+    todo, seen = [name], set()
+    while todo:
+        current = todo.pop()
+        if current == ancestor:
+            return True
+        if current in seen or current not in stages:
+            continue
+        seen.add(current)
+        todo += [stages[current].upstream, *([stages[current].teacher] if stages[current].distill else [])]
+    return False
 
 
 def parse(raw: Any, src: str = "params.yaml") -> Config:

@@ -29,7 +29,7 @@ def model_of(ckpt: dict[str, Any]) -> torch.nn.Module:
     model = ckpt.get("ema") or ckpt.get("model")
     if not isinstance(model, torch.nn.Module):
         raise ConfigError("checkpoint holds no Ultralytics model (no `ema` or `model` entry)")
-    return model
+    return getattr(model, "student_model", model)  # a feature-distillation checkpoint wraps the student
 
 
 def names_of(model: torch.nn.Module) -> list[str]:
@@ -63,6 +63,7 @@ def write_portable(ckpt: dict[str, Any], target: Path, train_args: dict[str, Any
     ckpt["train_args"] = train_args
     for key in ("ema", "model"):
         if isinstance(ckpt.get(key), torch.nn.Module):
+            ckpt[key] = getattr(ckpt[key], "student_model", ckpt[key])  # distilled: the student alone ships
             ckpt[key].args = dict(train_args)
             if hasattr(ckpt[key], "pt_path"):
                 del ckpt[key].pt_path

@@ -2,7 +2,7 @@
 
 DVC deletes a stage's outputs before running it, so a stage's in-progress run lives in
 ``.stagetrain/runs/<stage>/`` (git-ignored) next to a ``fingerprint.json``. The fingerprint covers
-everything that decides the result: the effective train arguments, the upstream checkpoint's bytes,
+everything that decides the result: the effective train arguments, the upstream (and teacher) checkpoint's bytes,
 the organized dataset (file names and sizes, label and data.yaml contents) and the training code.
 The next run resumes the saved ``last.pt`` only when the fingerprint matches, so work done under
 other params or inputs is never resumed; it is thrown away.
@@ -25,7 +25,7 @@ from stagetrain import ultra  # noqa: F401  (hermetic set-up before Ultralytics 
 from stagetrain.config import ConfigError
 from ultralytics.models.yolo.detect import DetectionTrainer
 
-CODE_FILES = ("config.py", "ultra.py", "train/runner.py", "train/resume.py", "train/freeze.py", "train/checkpoint.py")
+CODE_FILES = ("config.py", "ultra.py", "train/runner.py", "train/resume.py", "train/freeze.py", "train/checkpoint.py", "train/distill.py")
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 
@@ -49,13 +49,15 @@ def dataset_digest(data_yaml: Path) -> str:
     return digest.hexdigest()
 
 
-def fingerprint(train_args: dict[str, Any], upstream: Path, data_yaml: Path) -> str:
+def fingerprint(train_args: dict[str, Any], upstream: Path, data_yaml: Path, teacher: Path | None = None, distill: Any = None) -> str:
     """Hash of everything a stage's result depends on (see the module docstring)."""
     import ultralytics
 
     parts = {
         "args": train_args,
         "upstream": _sha256_file(upstream).hexdigest(),
+        "teacher": _sha256_file(teacher).hexdigest() if teacher else None,
+        "distill": distill,
         "data": dataset_digest(data_yaml),
         "code": {name: _sha256_file(PACKAGE_DIR / name).hexdigest() for name in CODE_FILES},
         "ultralytics": ultralytics.__version__,

@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from stagetrain.config import Config
-from stagetrain.train import checkpoint, resume
+from stagetrain.config import Config, ConfigError
+from stagetrain.train import checkpoint, distill, resume
 from stagetrain.train.freeze import frozen_layers
 
 METRIC_KEYS = {  # Ultralytics' validator keys -> our flat names
@@ -28,6 +28,7 @@ METRIC_KEYS = {  # Ultralytics' validator keys -> our flat names
     "metrics/mAP50-95(B)": "mAP50-95",
 }
 PATH_ARGS = ("data", "model", "project", "name", "save_dir")  # host paths never written to outputs
+VAL_ONLY_TRAIN_LOSSES = ("val/dis_loss", *(f"val/{name}" for name in distill.LOSS_NAMES))  # 0 by construction in val
 
 
 def effective_args(cfg: Config, stage_name: str, data_yaml: Path, freeze: list[int], device: Any) -> dict[str, Any]:
@@ -67,7 +68,7 @@ class _LiveLogger:
         self.epoch_pending = False
         self.epochs_run = trainer.epoch + 1
         losses = trainer.label_loss_items(trainer.tloss, prefix="train")
-        scores = {name if "/" in name else f"val/{name}": value for name, value in metrics.items()}
+        scores = {name if "/" in name else f"val/{name}": value for name, value in metrics.items() if name not in VAL_ONLY_TRAIN_LOSSES}
         self.live.step = trainer.epoch  # explicit: a resumed run continues the same curve
         for name, value in {**losses, **scores, **trainer.lr}.items():
             self.live.log_metric(name, float(value))
@@ -78,14 +79,33 @@ def _portable(args: dict[str, Any], upstream: Path) -> dict[str, Any]:
     out = {k: v for k, v in args.items() if k not in PATH_ARGS}
     out["data"] = os.path.relpath(args["data"])
     out["model"] = os.path.relpath(upstream)
+    if args.get("distill_model"):
+        out["distill_model"] = os.path.relpath(args["distill_model"])
     return out
 
 
-def run(cfg: Config, stage_name: str, data_yaml: Path, upstream: Path, out_dir: Path, live_dir: Path, work_dir: Path) -> dict:
+def _distillation(cfg: Config, stage_name: str, student: Any, teacher: Path | None, args: dict[str, Any]) -> tuple[type, dict[str, str]]:
+    """The trainer class and environment of a stage; for `kind: feature`, Ultralytics' own arguments in ``args``."""
+    spec = cfg.stages[stage_name].distill
+    if spec is None:
+        return resume.AtomicCheckpointTrainer, {}
+    if teacher is None or not teacher.exists():
+        raise ConfigError(f"{cfg.source}: `stages.{stage_name}` distils, but its teacher checkpoint {teacher} does not exist; run its stage first")
+    distill.check_pair(cfg, stage_name, student, teacher)
+    if spec.kind == "feature":
+        args.update(distill_model=str(teacher), dis=spec.weight)
+        return resume.AtomicCheckpointTrainer, {}
+    return distill.LogitDistillTrainer, distill.logit_env(teacher, spec)
+
+
+def run(
+    cfg: Config, stage_name: str, data_yaml: Path, upstream: Path, out_dir: Path, live_dir: Path, work_dir: Path, teacher: Path | None = None
+) -> dict:
     """Train ``stage_name`` from ``upstream`` and write best.pt, last.pt, args.yaml to ``out_dir``.
 
-    An interrupted run of the same stage with the same fingerprint (params, upstream, data, code)
-    in ``work_dir`` is resumed from its last completed epoch instead of starting from zero.
+    An interrupted run of the same stage with the same fingerprint (params, upstream, teacher, data,
+    code) in ``work_dir`` is resumed from its last completed epoch instead of starting from zero.
+    ``teacher`` is the checkpoint a stage with a ``distill:`` block learns from (ignored otherwise).
     Returns the stage's final val metrics (of best.pt) plus epochs and wall time.
     """
     from stagetrain.ultra import YOLO, resolve_device
@@ -95,8 +115,11 @@ def run(cfg: Config, stage_name: str, data_yaml: Path, upstream: Path, out_dir: 
     checkpoint.check_class_names(upstream, cfg.classes, model.model)
     freeze = frozen_layers(model.model, stage.freeze_level)
     args = effective_args(cfg, stage_name, data_yaml, freeze, resolve_device(stage.train_args.get("device")))
+    trainer_class, env = _distillation(cfg, stage_name, model.model, teacher, args)
+    os.environ.update(env)
 
-    state = resume.RunState(work_dir, resume.fingerprint(args, upstream, data_yaml))
+    teacher_dep = teacher if stage.distill else None
+    state = resume.RunState(work_dir, resume.fingerprint(args, upstream, data_yaml, teacher_dep, stage.distill))
     with state.exclusive():  # an orphaned trainer of this stage must not share its run folder
         resumed_from = state.resumable_epoch(int(args.get("epochs", 100)))
         if resumed_from is None:
@@ -110,9 +133,9 @@ def run(cfg: Config, stage_name: str, data_yaml: Path, upstream: Path, out_dir: 
         started = time.perf_counter()
         run_args = {"project": str(state.run_dir.parent.resolve()), "name": state.run_dir.name, "exist_ok": True, "verbose": False}
         if resumed_from is None:
-            model.train(trainer=resume.AtomicCheckpointTrainer, **args, **run_args)
+            model.train(trainer=trainer_class, **args, **run_args)
         else:
-            model.train(trainer=resume.AtomicCheckpointTrainer, resume=True, **run_args)
+            model.train(trainer=trainer_class, resume=True, **run_args)
         logger.live.end()
         seconds = time.perf_counter() - started
 
@@ -134,4 +157,5 @@ def run(cfg: Config, stage_name: str, data_yaml: Path, upstream: Path, out_dir: 
         "seconds": round(seconds, 1),
         "freeze_level": stage.freeze_level,
         "frozen_layers": len(freeze),
+        "distill": None if stage.distill is None else {"kind": stage.distill.kind, "teacher": stage.teacher},
     }
