@@ -98,7 +98,8 @@ def render(cfg: Config, stage_metrics: dict[str, dict], evaluation: dict[str, di
         cells = [f"{m[k]:.3f}" if k in m else "-" for k in ("mAP50", "mAP50-95", "precision", "recall")]
         comparable = name != BASELINE and stage.dataset == base_dataset
         delta = _delta(m, stage_metrics.get(BASELINE)) if comparable else "-"
-        lines += [_row([name, stage.upstream, stage.dataset, str(stage.freeze_level), *cells, str(m.get("epochs_run", "-")), str(m.get("seconds", "-")), delta])]
+        start = stage.upstream + (f" + {stage.distill.kind} KD from {stage.teacher}" if stage.distill else "")
+        lines += [_row([name, start, stage.dataset, str(stage.freeze_level), *cells, str(m.get("epochs_run", "-")), str(m.get("seconds", "-")), delta])]
     base = evaluation.get(BASELINE)
     tta = any(m.get("tta") for m in evaluation.values())
     lines += ["", f"## Test split of `{cfg.evaluate_dataset}`" + (" (test-time augmentation on)" if tta else ""), ""]

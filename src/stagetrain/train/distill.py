@@ -88,16 +88,21 @@ class LogitDistillLoss:
 
     def __call__(self, preds: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         loss, items = self.detection(preds, batch)
-        with torch.no_grad():
+        with torch.inference_mode():
             teacher = head_outputs(self.teacher(batch["img"]))
+        teacher = {k: v.clone() for k, v in teacher.items() if k != "feats"}  # inference tensors cannot enter autograd
         kd = torch.stack(logit_kd(head_outputs(preds), teacher, self.spec.temperature)) * self.spec.weight
         items = {**items, **dict(zip(LOSS_NAMES, kd.detach()))}
         return torch.cat([loss, kd * batch["img"].shape[0]]), items  # Ultralytics sums loss x batch size
 
 
 def load_teacher(path: Path, device: torch.device | str) -> torch.nn.Module:
-    """The teacher in fp32, eval mode, gradients off, on the student's device."""
-    teacher = checkpoint.model_of(checkpoint.read(path)).float().to(device).eval()
+    """The teacher in fp32, eval mode, gradients off, on the student's device, BatchNorm folded into its convs.
+
+    Folding (Ultralytics' ``fuse``) is exact up to float rounding for a model in eval mode and saves
+    the teacher's BatchNorm passes on every batch.
+    """
+    teacher = checkpoint.model_of(checkpoint.read(path)).float().to(device).eval().fuse(verbose=False)
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher
