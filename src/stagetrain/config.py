@@ -53,13 +53,18 @@ SPLITS = ("train", "val", "test")
 
 
 @cache
-def ultralytics_defaults() -> Mapping[str, Any]:
-    """Ultralytics' default train/val arguments, read from its ``cfg/default.yaml`` without importing it."""
+def _ultralytics_default_yaml() -> str:
+    """The text of Ultralytics' ``cfg/default.yaml``, found without importing Ultralytics."""
     spec = importlib.util.find_spec("ultralytics")
     if spec is None or not spec.submodule_search_locations:
         raise ConfigError("ultralytics is not installed: run `make install` (or `pip install -r requirements.txt`)")
-    path = Path(next(iter(spec.submodule_search_locations))) / "cfg" / "default.yaml"
-    return MappingProxyType(yaml.safe_load(path.read_text()))
+    return (Path(next(iter(spec.submodule_search_locations))) / "cfg" / "default.yaml").read_text()
+
+
+@cache
+def ultralytics_defaults() -> Mapping[str, Any]:
+    """Ultralytics' default train/val arguments."""
+    return MappingProxyType(yaml.safe_load(_ultralytics_default_yaml()))
 
 
 @cache
@@ -70,11 +75,9 @@ def ultralytics_arg_types() -> Mapping[str, tuple[type, ...]]:
     """
     import re
 
-    spec = importlib.util.find_spec("ultralytics")
-    path = Path(next(iter(spec.submodule_search_locations))) / "cfg" / "default.yaml"
     names = {"bool": (bool,), "str": (str,), "int": (int,), "float": (int, float), "list": (list,), "tuple": (list,), "optional": (type(None),)}
     out = {}
-    for line in path.read_text().splitlines():
+    for line in _ultralytics_default_yaml().splitlines():
         match = re.match(r"(\w+):.*?# \(([^)]*)\)", line)
         if match:
             words = re.findall(r"[a-z]+", re.sub(r"\[[^]]*\]", "", match[2]))  # list[int] -> list

@@ -28,7 +28,7 @@ METRIC_KEYS = {  # Ultralytics' validator keys -> our flat names
     "metrics/mAP50-95(B)": "mAP50-95",
 }
 PATH_ARGS = ("data", "model", "project", "name", "save_dir")  # host paths never written to outputs
-VAL_ONLY_TRAIN_LOSSES = ("val/dis_loss", *(f"val/{name}" for name in distill.LOSS_NAMES))  # 0 by construction in val
+KD_LOSSES_IN_VAL = ("val/dis_loss", *(f"val/{name}" for name in distill.LOSS_NAMES))  # distillation runs in training only: always 0 in val
 
 
 def effective_args(cfg: Config, stage_name: str, data_yaml: Path, freeze: list[int], device: Any) -> dict[str, Any]:
@@ -68,7 +68,7 @@ class _LiveLogger:
         self.epoch_pending = False
         self.epochs_run = trainer.epoch + 1
         losses = trainer.label_loss_items(trainer.tloss, prefix="train")
-        scores = {name if "/" in name else f"val/{name}": value for name, value in metrics.items() if name not in VAL_ONLY_TRAIN_LOSSES}
+        scores = {name if "/" in name else f"val/{name}": value for name, value in metrics.items() if name not in KD_LOSSES_IN_VAL}
         self.live.step = trainer.epoch  # explicit: a resumed run continues the same curve
         for name, value in {**losses, **scores, **trainer.lr}.items():
             self.live.log_metric(name, float(value))
