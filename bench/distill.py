@@ -53,7 +53,15 @@ def prepare(workspace: Path, images: int, epochs: int) -> int:
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["datasets"]["target"]["synthetic"]["images"] = images
-    student = {"from": "base", "teacher": "base", "dataset": "target", "epochs": epochs, "freeze_level": 0, "lr0": 0.001, "warmup_epochs": 0}
+    student = {
+        "from": "base",
+        "teacher": "base",
+        "dataset": "target",
+        "epochs": epochs,
+        "freeze_level": 0,
+        "lr0": 0.001,
+        "warmup_epochs": 0,
+    }
     params["stages"] = {"student": student}
     params["evaluate"]["models"] = ["student"]
     params["export"]["model"] = "student"
@@ -73,7 +81,9 @@ def main() -> None:
     p.add_argument("--images", type=int, default=160, help="synthetic target images (70%% train)")
     p.add_argument("--epochs", type=int, default=3, help="epochs per run; the first is dropped as warm-up")
     p.add_argument("--rounds", type=int, default=2, help="interleaved repetitions of the variants")
-    p.add_argument("--kinds", nargs="+", default=["logit", "feature"], choices=["logit", "feature"], help="distillation kinds timed beside plain")
+    p.add_argument(
+        "--kinds", nargs="+", default=["logit", "feature"], choices=["logit", "feature"], help="distillation kinds timed beside plain"
+    )
     opts = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         train_images = prepare(Path(tmp), opts.images, opts.epochs)
@@ -81,7 +91,7 @@ def main() -> None:
         epochs: dict[str, list[float]] = {k: [] for k in ["plain", *opts.kinds]}
         for _ in range(opts.rounds):
             for variant in epochs:
-                out = subprocess.run([sys.executable, "-c", VARIANT, variant, tmp], env=env, capture_output=True, text=True)
+                out = subprocess.run([sys.executable, "-c", VARIANT, variant, tmp], env=env, capture_output=True, text=True, check=False)
                 if out.returncode:
                     sys.exit(f"{variant} failed:\n{out.stderr[-3000:]}")
                 epochs[variant] += json.loads(out.stdout.strip().splitlines()[-1])["total"][1:]

@@ -55,7 +55,9 @@ def main() -> None:
         if not opts.weights:
             checkpoint.build_base(cfg, weights)
         os.chdir(workspace)
-        results = export.run(cfg, weights, Path("data/data.yaml"), Path("export"), Path("work"), latency_runs=opts.runs, threads=opts.threads)
+        results = export.run(
+            cfg, weights, Path("data/data.yaml"), Path("export"), Path("work"), latency_runs=opts.runs, threads=opts.threads
+        )
     onnx, engine = results.get("onnx", {}), results.get("engine", {})
     print(
         json.dumps(

@@ -30,8 +30,8 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from stagetrain.config import parse  # noqa: E402
-from stagetrain.data import organize, synthetic, validate  # noqa: E402
+from stagetrain.config import parse
+from stagetrain.data import organize, synthetic, validate
 
 DISTINCT = 256  # rendered images; every file is one of them with its own comment bytes
 

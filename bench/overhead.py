@@ -4,7 +4,7 @@ Three variants train the same tiny stage (same data, upstream weights, epochs, a
 a fresh process, interleaved over ``--rounds``:
 
 - ``ours``: ``stagetrain.train.runner.run`` (hermetic set-up, fingerprint, atomic checkpoints, dvclive, all cores)
-- ``raw_same``: ``YOLO(base).train(...)`` with the same arguments and the same torch thread count
+- ``raw_same``: ``YOLO(base).train(...)`` with the same arguments and the same torch thread count (``ultra.CPU_THREADS``)
 - ``raw_default``: ``YOLO(base).train(...)`` with Ultralytics' own thread default (cpu_count - 1)
 
 Prints the whole-run wall ratio ours / raw_same (goal <= 1.02) and the training img/s ratio
@@ -52,7 +52,7 @@ else:
     model = YOLO("base.pt")
     clock.attach(model)
     if variant == "raw_same":  # Ultralytics resets threads in select_device(): set them back once training starts
-        model.add_callback("on_pretrain_routine_end", lambda trainer: torch.set_num_threads(os.cpu_count()))
+        model.add_callback("on_pretrain_routine_end", lambda trainer: torch.set_num_threads(spec["threads"]))
     start = time.perf_counter()
     model.train(**spec["args"], project=os.path.abspath("raw_runs"), name=variant, exist_ok=True, verbose=False)
 print(json.dumps({"seconds": time.perf_counter() - start, **clock.report()}))
@@ -65,7 +65,7 @@ def prepare(workspace: Path, images: int, epochs: int) -> dict:
     from stagetrain.data import organize, sources
     from stagetrain.train import checkpoint, runner
     from stagetrain.train.freeze import frozen_layers
-    from stagetrain.ultra import YOLO, resolve_device
+    from stagetrain.ultra import CPU_THREADS, YOLO, resolve_device
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["datasets"]["target"]["synthetic"]["images"] = images
@@ -78,7 +78,8 @@ def prepare(workspace: Path, images: int, epochs: int) -> dict:
     stage = cfg.stages["stage2"]
     freeze = frozen_layers(YOLO(str(workspace / "base.pt")).model, stage.freeze_level)
     args = runner.effective_args(cfg, "stage2", Path("data/data.yaml"), freeze, resolve_device(stage.train_args.get("device")))
-    spec = {"args": args, "train_images": len(list((workspace / "data/images/train").iterdir())), "epochs": epochs}
+    train_images = len(list((workspace / "data/images/train").iterdir()))
+    spec = {"args": args, "train_images": train_images, "epochs": epochs, "threads": CPU_THREADS}
     (workspace / "bench.json").write_text(json.dumps(spec))
     return spec
 
@@ -96,15 +97,16 @@ def main() -> None:
         walls: dict[str, list[float]] = {"ours": [], "raw_same": [], "raw_default": []}
         train_epochs: dict[str, list[float]] = {k: [] for k in walls}
         for _ in range(opts.rounds):
-            for variant in walls:
+            for variant, seconds in walls.items():
                 out = subprocess.run([sys.executable, "-c", VARIANT, variant, tmp], env=env, check=True, capture_output=True, text=True)
                 run = json.loads(out.stdout.strip().splitlines()[-1])
-                walls[variant].append(run["seconds"])
+                seconds.append(run["seconds"])
                 train_epochs[variant] += run["train"][1:]  # the first epoch warms up (allocator, dataloader)
     wall = {k: statistics.median(v) for k, v in walls.items()}
     img_per_s = {k: spec["train_images"] / statistics.median(v) for k, v in train_epochs.items()}
     result = {
         "cpu_count": os.cpu_count(),
+        "torch_threads": spec["threads"],  # the CPUs this process may use (affinity, cgroup quota)
         "train_images": spec["train_images"],
         "epochs": spec["epochs"],
         "median_wall_seconds": {k: round(v, 2) for k, v in wall.items()},

@@ -18,10 +18,12 @@ def work(cfg, args):
 
 if __name__ == "__main__":
     p = _cli.parser(__doc__)
-    p.add_argument("--data", type=Path, required=True, help="organized data.yaml of `evaluate.dataset`")
-    p.add_argument("--models", type=Path, required=True, help="folder holding <stage>/best.pt")
-    p.add_argument("--stage-metrics", type=Path, required=True, help="folder holding <stage>.json")
-    p.add_argument("--export-metrics", type=Path, required=True, help="export JSON of the shipped model, quoted in the report")
+    p.add_argument("--data", type=_cli.existing("file"), required=True, help="organized data.yaml of `evaluate.dataset`")
+    p.add_argument("--models", type=_cli.existing("folder"), required=True, help="folder holding <stage>/best.pt")
+    p.add_argument("--stage-metrics", type=_cli.existing("folder"), required=True, help="folder holding <stage>.json")
+    p.add_argument(
+        "--export-metrics", type=_cli.existing("file"), required=True, help="export JSON of the shipped model, quoted in the report"
+    )
     p.add_argument("--metrics", type=Path, required=True, help="eval JSON to write")
     p.add_argument("--report", type=Path, required=True, help="markdown report to write")
     p.add_argument("--plots", type=Path, required=True, help="folder for pr/<model>.json and confusion/<model>.json")

@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import _cli
-
 from stagetrain.data import organize
 
 
@@ -22,7 +21,7 @@ def work(cfg, args):
 if __name__ == "__main__":
     p = _cli.parser(__doc__)
     p.add_argument("dataset", help="a key under `datasets:` in params.yaml")
-    p.add_argument("raw", type=Path, help="raw input folder (download's output)")
+    p.add_argument("raw", type=_cli.existing("folder"), help="raw input folder (download's output)")
     p.add_argument("out", type=Path, help="organized output folder")
     p.add_argument("report", type=Path, help="JSON report: counts per split and class, skipped files, removed duplicates")
     p.add_argument("--others", type=Path, help="folder holding every dataset's raw folder (for the cross-dataset dedupe)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from stagetrain.repro import REPO, copy_repo, repo_params, shrink  # noqa: F401  (one implementation, shared with `make repro-check`)
+from stagetrain.tools.repo import REPO, copy_repo, dvc, repo_params, shrink, shrunk_copy  # noqa: F401  (shared with `make repro-check`)
 
 
 @pytest.fixture

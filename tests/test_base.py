@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stagetrain import ultra  # noqa: F401  (hermetic Ultralytics)
-from stagetrain.config import ConfigError, parse
+from stagetrain import ultra
+from stagetrain.config import parse
+from stagetrain.errors import UserError
 from stagetrain.train import checkpoint
-from ultralytics.nn.tasks import DetectionModel
 
 
 def _pretrained(path, names):
     torch.manual_seed(123)
-    model = DetectionModel("yolov8n.yaml", nc=len(names), verbose=False)
+    model = ultra.DetectionModel("yolov8n.yaml", nc=len(names), verbose=False)
     model.names = dict(enumerate(names))
     checkpoint.write_portable({"model": model, "ema": None, "epoch": -1}, path, {"task": "detect"})
     return model
@@ -56,5 +56,5 @@ def test_pretrained_with_canonical_classes_is_kept_whole(tmp_path, params):
 
 def test_missing_pretrained_file_is_a_clear_error(tmp_path, params):
     params["model"]["arch"] = "weights/nope.pt"
-    with pytest.raises(ConfigError, match=r"`model.arch: weights/nope.pt` does not exist; put the file under weights/"):
+    with pytest.raises(UserError, match=r"`model.arch: weights/nope.pt` does not exist; put the file under weights/"):
         checkpoint.build_base(parse(params), tmp_path / "base.pt")

@@ -1,4 +1,4 @@
-"""params.yaml validation: every user mistake is one clear ConfigError naming the key."""
+"""params.yaml validation: every user mistake is one clear UserError naming the key."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from conftest import REPO
-from stagetrain.config import ConfigError, load, parse
+from stagetrain.config import load, parse
+from stagetrain.errors import UserError
 
 
 def test_repo_params_are_valid():
@@ -36,10 +37,13 @@ def test_stage_keys_win_over_train_defaults(params):
         (lambda p: p["stages"]["stage2"].update(lr=0.1), r"unknown key `stages.stage2.lr`; did you mean .*`lr0`"),
         (lambda p: p["stages"]["stage2"].update(freez_level=1), r"`stages.stage2.freez_level`; did you mean `freeze_level`\?"),
         (lambda p: p["model"].update(imgsize=64), r"unknown key `model.imgsize`; did you mean `imgsz`\?"),
-        (lambda p: p["stages"]["stage2"].update(epochs="ten"), r"`stages.stage2.epochs` must be int, got str"),
-        (lambda p: p.update(seed="0"), r"`seed` must be int, got str"),
-        (lambda p: p["organize"].update(dedupe="yes"), r"`organize.dedupe` must be bool"),
-        (lambda p: p["stages"]["stage2"].update({"from": "stage0"}), r"`stages.stage2.from` names no stage: 'stage0'; did you mean .*`stage1`"),
+        (lambda p: p["stages"]["stage2"].update(epochs="ten"), r"`stages.stage2.epochs` must be an integer, got a string 'ten'"),
+        (lambda p: p.update(seed="0"), r"`seed` must be an integer, got a string"),
+        (lambda p: p["organize"].update(dedupe="yes"), r"`organize.dedupe` must be true or false"),
+        (
+            lambda p: p["stages"]["stage2"].update({"from": "stage0"}),
+            r"`stages.stage2.from` names no stage: 'stage0'; did you mean .*`stage1`",
+        ),
         (lambda p: p["stages"]["stage1"].update({"from": "stage3"}), r"cycle: stage1 -> stage3 -> stage2 -> stage1"),
         (lambda p: p["stages"]["stage2"].pop("dataset"), r"missing key `stages.stage2.dataset`"),
         (lambda p: p["stages"]["stage2"].update(dataset="tgt"), r"`stages.stage2.dataset` names no dataset: 'tgt'"),
@@ -51,12 +55,73 @@ def test_stage_keys_win_over_train_defaults(params):
         (lambda p: p["datasets"]["source"]["synthetic"].update(domain="mars"), r"`datasets.source.synthetic.domain` is 'mars'"),
         (lambda p: p["organize"]["split"].update(train=0.9), r"`organize.split` needs train, val and test fractions"),
         (lambda p: p["stages"].update(base={"from": "base", "teacher": "base", "dataset": "source"}), r"`stages.base` is reserved"),
-        (lambda p: p["stages"]["stage2"].pop("close_mosaic"), r"`stages.stage2.mosaic: 0.3` would never run.*set `stages.stage2.close_mosaic` below 1"),
+        (
+            lambda p: p["stages"]["stage2"].pop("close_mosaic"),
+            r"`stages.stage2.mosaic: 0.3` would never run.*set `stages.stage2.close_mosaic` below 1",
+        ),
+        # value ranges
+        (lambda p: p["stages"]["stage2"].update(lr0=-0.001), r"`stages.stage2.lr0` is -0.001; use a value > 0 \(initial learning rate"),
+        (lambda p: p["train"].update(lr0=0), r"`train.lr0` is 0; use a value > 0"),
+        (lambda p: p["stages"]["stage2"].update(mixup=1.5), r"`stages.stage2.mixup` is 1.5; use a value in \[0, 1\]"),
+        (lambda p: p["model"].update(imgsz=0), r"`model.imgsz` is 0; use a value >= 32"),
+        (lambda p: p["model"].update(imgsz=100), r"`model.imgsz` is 100; Ultralytics would round it up to 128.*use 96 or 128"),
+        (lambda p: p["stages"]["stage1"].update(epochs=0), r"`stages.stage1.epochs` is 0; use a value >= 1"),
+        (lambda p: p["stages"]["stage1"].update(epochs=2.5), r"`stages.stage1.epochs` must be an integer, got a number 2.5"),
+        (lambda p: p["train"].update(batch=0), r"`train.batch` is 0; use an integer >= 1, -1 \(AutoBatch\)"),
+        (lambda p: p["train"].update(patience=-1), r"`train.patience` is -1; use a value >= 0"),
+        (lambda p: p.update(seed=-1), r"`seed` is -1; use a value >= 0"),
+        (lambda p: p["stages"]["stage3"].update(distill={"lambda": -1.0}), r"`stages.stage3.distill.lambda` is -1.0; use a value >= 0"),
+        (
+            lambda p: p["stages"]["stage3"].update(distill={"temperature": 0}),
+            r"`stages.stage3.distill.temperature` is 0.0; use a value > 0",
+        ),
+        (lambda p: p["stages"]["stage3"].update(loss_weights={"box": -1}), r"`stages.stage3.loss_weights.box` is -1.0; use a value >= 0"),
+        # classes and class maps
+        (lambda p: p.update(classes=[]), r"`classes` is empty; list at least one"),
+        (lambda p: p.update(classes=["a", "b", "a"]), r"`classes` repeats 'a'; list each once"),
+        (lambda p: p.update(classes=["a", 3]), r"`classes\[1\]` must be a string, got an integer 3"),
+        (lambda p: p.update(classes=["a", " b"]), r"`classes\[1\]` is ' b'; a class name is non-empty"),
+        (
+            lambda p: p["datasets"]["target"].update(class_map={"cone": "orange"}),
+            r"`datasets.target.class_map.cone` maps to 'orange', which is not a canonical class.*did you mean `orange_cone`",
+        ),
+        (
+            lambda p: p["datasets"]["target"].update(class_map={"cone": 3}),
+            r"`datasets.target.class_map.cone` maps to 3, which is not a canonical class; use one of blue_cone",
+        ),
+        # names that are not stages, in any shape
+        (lambda p: p["evaluate"].update(models=["stage3", {"baseline": 1}]), r"`evaluate.models\[1\]` must be a string, got a mapping"),
+        (lambda p: p["evaluate"].update(models="stage3"), r"`evaluate.models` must be a list, got a string"),
+        (lambda p: p["evaluate"].update(models=["stage3", "stage3"]), r"`evaluate.models` repeats 'stage3'"),
+        (lambda p: p["export"].update(formats=["onnx", "tflite"]), r"`export.formats\[1\]` is 'tflite'; use one of onnx, engine"),
+        (lambda p: p["evaluate"].update(split="tset"), r"`evaluate.split` is 'tset'; use one of train, val, test.*did you mean `test`"),
+        # mosaic judged on the merged `train` + stage arguments
+        (
+            lambda p: (p["train"].update(mosaic=0.5), p["stages"]["stage1"].update(epochs=5)),
+            r"`train.mosaic: 0.5` would never run in `stages.stage1`",
+        ),
+        # a wrong shape anywhere in the tree
+        (lambda p: p.update(train=[1, 2]), r"`train` must be a mapping \(key: value\), got a list"),
+        (lambda p: p["stages"].update(stage1=["from", "base"]), r"`stages.stage1` must be a mapping"),
+        (lambda p: p.update(datasets=["source"]), r"`datasets` must be a mapping"),
+        (
+            lambda p: p["datasets"]["source"].update(synthetic=None),
+            r"`datasets.source.synthetic` must be a mapping \(key: value\), got null",
+        ),
+        (lambda p: p["model"].update(inits=["a"]), r"`model.inits` must be a mapping"),
+        (lambda p: p["train"].update(device={"gpu": 0}), r"`train.device` is a mapping.*use auto, cpu"),
+        (lambda p: p["organize"].update(split=[0.7, 0.15, 0.15]), r"`organize.split` must be a mapping"),
+        (lambda p: p["stages"]["stage2"].update(distill=[1]), r"`stages.stage2.distill` must be a mapping"),
+        (lambda p: p.update(stages={}), r"`stages` is empty"),
+        (
+            lambda p: p["stages"].update({"my stage": p["stages"].pop("baseline")}),
+            r"`stages.my stage` is 'my stage'; a name becomes a folder",
+        ),
     ],
 )
 def test_bad_params_name_the_key(params, edit, expected):
     edit(params)
-    with pytest.raises(ConfigError, match=expected):
+    with pytest.raises(UserError, match=expected):
         parse(params)
 
 
@@ -68,6 +133,7 @@ def test_cli_prints_error_without_traceback(tmp_path, params):
         [sys.executable, str(REPO / "stages" / "base.py"), "--params", str(bad), str(tmp_path / "best.pt")],
         capture_output=True,
         text=True,
+        check=False,
     )
     assert proc.returncode == 2
     assert "unknown key `stages.stage2.lr`; did you mean" in proc.stderr and "`lr0`" in proc.stderr
@@ -76,14 +142,14 @@ def test_cli_prints_error_without_traceback(tmp_path, params):
 
 
 def test_missing_params_file_is_a_clear_error(tmp_path):
-    with pytest.raises(ConfigError, match="not found"):
+    with pytest.raises(UserError, match="not found"):
         load(tmp_path / "nope.yaml")
 
 
 def test_from_accepts_dvc_tracked_weights(tmp_path, params):
     params["stages"]["stage2"].update({"from": "coco", "teacher": "coco"})
     src = str(tmp_path / "params.yaml")
-    with pytest.raises(ConfigError, match=r"`dvc add models/coco/best.pt`"):
+    with pytest.raises(UserError, match=r"`dvc add models/coco/best.pt`"):
         parse(params, src)
     (tmp_path / "models/coco").mkdir(parents=True)
     (tmp_path / "models/coco/best.pt.dvc").write_text("outs:\n- md5: 0\n  path: best.pt\n")
@@ -105,5 +171,77 @@ def test_inits_add_starting_points_to_the_dag(tmp_path, params):
     dag = subprocess.run([sys.executable, "-m", "dvc", "dag", "train@stage3"], cwd=repo, capture_output=True, text=True, check=True).stdout
     assert "train@teacher" in dag and "init@teacher_init" in dag
     params["model"]["inits"] = {"stage1": "yolov8s.yaml"}
-    with pytest.raises(ConfigError, match=r"`model.inits.stage1` clashes with a stage"):
+    with pytest.raises(UserError, match=r"`model.inits.stage1` clashes with a stage"):
         parse(params)
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("seed: 0\nclasses: [a, b\nmodel:\n  arch: yolov8n.yaml\n")
+    with pytest.raises(UserError, match=rf"{bad}:\d+:\d+: not valid YAML: .*fix the syntax there"):
+        load(bad)
+
+
+def test_a_repeated_key_names_both_lines(tmp_path):
+    # PyYAML alone keeps the second `stage2` and drops the first without a word
+    text = (REPO / "params.yaml").read_text()
+    stage2 = next(line for line in text.splitlines() if line.lstrip().startswith("stage2:"))
+    bad = tmp_path / "params.yaml"
+    bad.write_text(text.replace(stage2, f"{stage2}\n{stage2}"))
+    line = text.splitlines().index(stage2) + 1
+    with pytest.raises(UserError, match=rf"{bad}:{line + 1}: key `stage2` repeats the one on line {line}; keep one"):
+        load(bad)
+
+
+def test_an_empty_params_file_says_so(tmp_path):
+    (tmp_path / "params.yaml").write_text("# nothing yet\n")
+    with pytest.raises(UserError, match="the file is empty"):
+        load(tmp_path / "params.yaml")
+
+
+def _stage_cli(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "stages" / script), *args], capture_output=True, text=True, cwd=REPO, check=False)
+
+
+def test_stage_cli_with_a_missing_input_is_one_clean_line(tmp_path):
+    proc = _stage_cli(
+        "train.py", "stage2", "--data", str(tmp_path / "data.yaml"), "--upstream", str(tmp_path / "best.pt"),
+        "--out", str(tmp_path / "out"), "--metrics", str(tmp_path / "m.json"), "--live", str(tmp_path / "live"),
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert f"argument --data: file {tmp_path / 'data.yaml'} does not exist; run the stage that writes it first" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = _stage_cli("export.py", "--weights", str(tmp_path / "w.pt"), "--data", "x", "--out", "o", "--metrics", "m")
+    assert proc.returncode == 2 and "argument --weights: file" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_stage_cli_naming_an_unknown_stage_is_a_clean_error(tmp_path):
+    (tmp_path / "data.yaml").write_text("names: [a]\n")
+    (tmp_path / "best.pt").write_bytes(b"")
+    proc = _stage_cli(
+        "train.py", "stage4", "--data", str(tmp_path / "data.yaml"), "--upstream", str(tmp_path / "best.pt"),
+        "--out", str(tmp_path / "out"), "--metrics", str(tmp_path / "m.json"), "--live", str(tmp_path / "live"),
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "`stages` has no entry 'stage4' (named on the command line); did you mean" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_stage_cli_reports_a_yaml_error_with_its_line(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("seed: 0\nstages: {stage1: [}\n")
+    proc = _stage_cli("base.py", "--params", str(bad), str(tmp_path / "best.pt"))
+    assert proc.returncode == 2 and f"error: {bad}:2:" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_range_checks_agree_with_the_installed_ultralytics():
+    """Our ranges mirror Ultralytics' check_cfg: a key it bounds to [0, 1] or a minimum must be bounded the same here."""
+    from stagetrain.config import ultralytics_args as ours
+    from stagetrain.ultra import ultralytics_cfg_ranges
+
+    fractions, int_min = ultralytics_cfg_ranges()
+    trained = set(ours.ultralytics_defaults()) - set(ours.RESERVED_ARGS)
+    missing = sorted(k for k in fractions & trained if k not in (*ours.FRACTIONS, *ours.RATES, "fraction"))
+    assert not missing, f"Ultralytics bounds {missing} to [0, 1]; add them to FRACTIONS in config/ultralytics_args.py"
+    differ = {k: (v, ours.INT_MIN.get(k)) for k, v in int_min.items() if k in trained and ours.INT_MIN.get(k) != v}
+    assert not differ, f"minimums differ from Ultralytics' CFG_INT_MIN (theirs, ours): {differ}; update INT_MIN"

@@ -9,8 +9,10 @@ import pytest
 import torch
 import yaml
 
-from stagetrain.config import ConfigError, DistillSpec, parse
+from stagetrain import ultra
+from stagetrain.config import DistillSpec, parse
 from stagetrain.data import organize, sources
+from stagetrain.errors import UserError
 from stagetrain.train import checkpoint, distill, runner
 
 
@@ -36,9 +38,7 @@ def _batch(seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def _criterion(student: torch.nn.Module, teacher: torch.nn.Module, weight: float, gains: float) -> distill.LogitDistillLoss:
-    from ultralytics.cfg import get_cfg
-
-    student.args = get_cfg(overrides={"box": gains, "cls": gains, "dfl": gains})
+    student.args = ultra.get_cfg(overrides={"box": gains, "cls": gains, "dfl": gains})
     return distill.LogitDistillLoss(student.init_criterion(), teacher, DistillSpec("logit", weight, 2.0))
 
 
@@ -63,7 +63,7 @@ def test_distill_only_loss_reaches_the_first_layer(base, params):
     with torch.no_grad():
         for p in teacher.parameters():
             p.add_(0.05 * torch.randn_like(p))  # a teacher that disagrees with the student
-    first = lambda m: m.model[0].conv.weight  # noqa: E731
+    first = lambda m: m.model[0].conv.weight
 
     def grad(weight: float) -> torch.Tensor:
         student = _student(base).train()
@@ -90,13 +90,19 @@ def test_criterion_never_travels_into_a_copy_of_the_student(base):
 @pytest.mark.parametrize(
     "change, message",
     [
-        (lambda s: s.update(teacher="stage1"), r"`stages.stage3.teacher` is 'stage1' but the stage has no `distill:` block.*names its `from` \('stage2'\)"),
+        (
+            lambda s: s.update(teacher="stage1"),
+            r"`stages.stage3.teacher` is 'stage1' but the stage has no `distill:` block.*names its `from` \('stage2'\)",
+        ),
         (lambda s: s.pop("teacher"), r"missing key `stages.stage3.teacher`; every stage names one"),
-        (lambda s: s.update(distill={"teacher": "stage1"}), r"`stages.stage3.distill.teacher`: name the teacher as `stages.stage3.teacher`"),
+        (
+            lambda s: s.update(distill={"teacher": "stage1"}),
+            r"`stages.stage3.distill.teacher`: name the teacher as `stages.stage3.teacher`",
+        ),
         (lambda s: s.update(teacher="stage9", distill={}), r"`stages.stage3.teacher` names no stage: 'stage9'"),
-        (lambda s: s.update(distill={"kind": "soft"}), r"`stages.stage3.distill.kind` is 'soft'; use logit"),
+        (lambda s: s.update(distill={"kind": "soft"}), r"`stages.stage3.distill.kind` is 'soft'; use one of logit, feature"),
         (lambda s: s.update(distill={"kind": "feature", "temperature": 4}), r"temperature` applies to `kind: logit` only"),
-        (lambda s: s.update(distill={"lambda": -1}), r"needs lambda >= 0"),
+        (lambda s: s.update(distill={"lambda": -1}), r"`stages.stage3.distill.lambda` is -1.0; use a value >= 0"),
         (lambda s: s.update(loss_weights={"box": 1, "clss": 0}), r"unknown key `stages.stage3.loss_weights.clss`; did you mean `cls`"),
         (lambda s: s.update(cls=0.5, loss_weights={"cls": 0}), r"`stages.stage3.cls` and `stages.stage3.loss_weights.cls` both set"),
         (lambda s: s.update(dis=2.0), r"`stages.stage3.dis` is set by the pipeline; use `distill.lambda`"),
@@ -104,13 +110,13 @@ def test_criterion_never_travels_into_a_copy_of_the_student(base):
 )
 def test_distill_params_are_validated(params, change, message):
     change(params["stages"]["stage3"])
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(UserError, match=message):
         parse(params)
 
 
 def test_a_teacher_trained_from_its_student_is_refused(params):
     params["stages"]["stage1"].update(teacher="stage3", distill={})
-    with pytest.raises(ConfigError, match=r"`stages.stage1.teacher: stage3` is trained from this stage's own result"):
+    with pytest.raises(UserError, match=r"`stages.stage1.teacher: stage3` is trained from this stage's own result"):
         parse(params)
 
 
@@ -127,11 +133,11 @@ def test_mismatched_teachers_are_refused_before_training(tmp_path, params):
     student, p2, other = tmp_path / "student.pt", tmp_path / "p2.pt", tmp_path / "other.pt"
     checkpoint.build_base(cfg, student)
     checkpoint.build_base(cfg, p2, "yolov8n-p2.yaml")
-    with pytest.raises(ConfigError, match=r"has strides \[4.0, 8.0, 16.0, 32.0\], the student \[8.0, 16.0, 32.0\]"):
+    with pytest.raises(UserError, match=r"has strides \[4.0, 8.0, 16.0, 32.0\], the student \[8.0, 16.0, 32.0\]"):
         distill.check_pair(cfg, "stage3", _student(student), p2)
     params["classes"] = ["a", "b", "c", "d", "e"]
     checkpoint.build_base(parse(params), other)
-    with pytest.raises(ConfigError, match=r"class names \['a', 'b', 'c', 'd', 'e'\] differ"):
+    with pytest.raises(UserError, match=r"class names \['a', 'b', 'c', 'd', 'e'\] differ"):
         distill.check_pair(cfg, "stage3", _student(student), other)
 
 
@@ -143,6 +149,7 @@ def target_data(tmp_path, params) -> Path:
     return tmp_path / "data/data.yaml"
 
 
+@pytest.mark.slow  # trains a model
 @pytest.mark.parametrize("kind, loss_names", [("logit", distill.LOSS_NAMES), ("feature", ("dis_loss",))])
 def test_a_distilled_stage_trains_logs_its_terms_and_ships_a_plain_student(tmp_path, params, base, target_data, kind, loss_names):
     params["stages"]["stage2"].update(epochs=2, teacher="stage1", distill={"kind": kind, "lambda": 1.0})

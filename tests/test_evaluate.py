@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import torch
 
 from conftest import repo_params, shrink
 from stagetrain import evaluate
-from stagetrain.config import ConfigError, parse
+from stagetrain.config import parse
 from stagetrain.data import organize, sources
+from stagetrain.errors import UserError
 from stagetrain.train import checkpoint, runner
 
 MODEL = "baseline"
@@ -50,6 +52,7 @@ def label_lines(labels: Path) -> int:
     return sum(len([line for line in f.read_text().splitlines() if line.strip()]) for f in labels.glob("*.txt"))
 
 
+@pytest.mark.slow  # trains a model
 def test_real_model_metrics_cross_check_and_plots(workspace, tmp_path):
     cfg = parse(eval_params())
     results = evaluate.run(cfg, workspace / "organized/data.yaml", workspace / "models", tmp_path / "work", tmp_path / "plots")
@@ -57,7 +60,9 @@ def test_real_model_metrics_cross_check_and_plots(workspace, tmp_path):
     assert {"mAP50", "mAP50-95", "precision", "recall", "coco_mAP50", "coco_mAP50-95", "inference_ms_per_image"} <= set(m)
     assert set(m["per_class"]) == set(cfg.classes) and m["tta"] is False
     assert m["detections"] > 0  # a 1-epoch model scores ~0, but both scorers do see its predictions (see the next test)
-    assert abs(m["coco_mAP50-95"] - m["mAP50-95"]) <= 0.01 and m["coco_delta_mAP50-95"] == pytest.approx(m["coco_mAP50-95"] - m["mAP50-95"], abs=1e-5)
+    assert abs(m["coco_mAP50-95"] - m["mAP50-95"]) <= 0.01 and m["coco_delta_mAP50-95"] == pytest.approx(
+        m["coco_mAP50-95"] - m["mAP50-95"], abs=1e-5
+    )
     assert m["images"] == len(list((workspace / "organized/images/test").iterdir()))
     assert m["instances"] == label_lines(workspace / "organized/labels/test") > 0
     assert not (tmp_path / "work").exists()
@@ -83,7 +88,9 @@ class GroundTruthValidator(evaluate.EvalValidator):
             gt = self._prepare_batch(si, batch)
             n, size = len(gt["cls"]), float(max(gt["imgsz"]))
             wh = (gt["bboxes"][:, 2:] - gt["bboxes"][:, :2]).repeat(1, 2)
-            boxes = gt["bboxes"] + 0.05 * wh * torch.randn(n, 4, generator=generator)  # IoUs spread over 0.5-0.95: mAP50-95 well below mAP50
+            boxes = gt["bboxes"] + 0.05 * wh * torch.randn(
+                n, 4, generator=generator
+            )  # IoUs spread over 0.5-0.95: mAP50-95 well below mAP50
             cls = gt["cls"].clone()
             wrong = torch.rand(n, generator=generator) < 0.2
             cls[wrong] = (cls[wrong] + 1) % self.nc
@@ -100,6 +107,7 @@ class GroundTruthValidator(evaluate.EvalValidator):
         super().update_metrics(oracle, batch)
 
 
+@pytest.mark.slow  # trains a model
 def test_cross_check_agrees_on_a_non_trivial_score(workspace, tmp_path):
     """Same predictions, two scorers: a wrong image id, category id or coordinate scale would put COCO near 0."""
     cfg = parse(eval_params(split="train"))  # the largest split: more boxes, smoother PR curves
@@ -110,25 +118,26 @@ def test_cross_check_agrees_on_a_non_trivial_score(workspace, tmp_path):
 
 
 class RecordingValidator(evaluate.EvalValidator):
-    augment: list[bool] = []
+    augment: ClassVar[list[bool]] = []
 
     def init_metrics(self, model) -> None:
         RecordingValidator.augment.append(bool(self.args.augment))
         super().init_metrics(model)
 
 
+@pytest.mark.slow  # trains a model
 def test_tta_reaches_the_validator(workspace, tmp_path):
     cfg = parse(eval_params(tta=True))
     m = evaluate.run(cfg, workspace / "organized/data.yaml", workspace / "models", tmp_path / "work", validator=RecordingValidator)[MODEL]
     assert RecordingValidator.augment == [True] and m["tta"] is True
 
 
-def test_user_errors_name_the_key_or_file(workspace, tmp_path):
-    with pytest.raises(ConfigError, match=r"`evaluate.tta` must be bool"):
+def test_user_errors_name_the_key_or_file(tmp_path):
+    with pytest.raises(UserError, match=r"`evaluate.tta` must be true or false"):
         parse(eval_params(tta="yes"))
-    with pytest.raises(ConfigError, match=r"unknown key `evaluate.ttta`; did you mean `tta`"):
+    with pytest.raises(UserError, match=r"unknown key `evaluate.ttta`; did you mean `tta`"):
         parse(eval_params(ttta=True))
     data = tmp_path / "data.yaml"
     data.write_text("train: images/train\nval: images/val\nnames: {0: a}\n")
-    with pytest.raises(ConfigError, match=r"data.yaml: no `test` split"):
+    with pytest.raises(UserError, match=r"data.yaml: no `test` split"):
         evaluate.split_images(data, "test")

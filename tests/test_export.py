@@ -10,7 +10,8 @@ import torch
 
 from conftest import repo_params, shrink
 from stagetrain import export
-from stagetrain.config import ConfigError, parse
+from stagetrain.config import parse
+from stagetrain.errors import UserError
 from test_evaluate import MODEL, trained_workspace
 from test_train import offline  # noqa: F401  (fixture: any non-loopback connection fails the test)
 
@@ -29,9 +30,17 @@ def export_params(**export_keys) -> dict:
 def run_export(workspace, monkeypatch, **export_keys) -> dict:
     monkeypatch.chdir(workspace)  # as under DVC: paths relative to the repo root
     cfg = parse(export_params(**export_keys))
-    return export.run(cfg, workspace / "models" / MODEL / "best.pt", workspace / "organized/data.yaml", workspace / "models/export", workspace / "work_export", latency_runs=1)
+    return export.run(
+        cfg,
+        workspace / "models" / MODEL / "best.pt",
+        workspace / "organized/data.yaml",
+        workspace / "models/export",
+        workspace / "work_export",
+        latency_runs=1,
+    )
 
 
+@pytest.mark.slow  # trains a model
 def test_onnx_export_parity_latency_and_portable_record(workspace, monkeypatch, offline):  # noqa: F811
     results = run_export(workspace, monkeypatch)
     assert offline == []  # Ultralytics' export and ONNX validation neither download nor pip-install
@@ -53,6 +62,7 @@ def test_onnx_export_parity_latency_and_portable_record(workspace, monkeypatch, 
         assert results["engine"] == {"skipped": export.NO_CUDA}
 
 
+@pytest.mark.slow  # trains a model
 def test_static_onnx_gets_a_second_export_for_640(workspace, monkeypatch):
     results = run_export(workspace, monkeypatch, formats=["onnx"], dynamic=False, simplify=False, opset=17)
     graph = onnx.load(workspace / results["onnx"]["file"])
@@ -63,9 +73,9 @@ def test_static_onnx_gets_a_second_export_for_640(workspace, monkeypatch):
 
 
 def test_export_params_are_validated():
-    with pytest.raises(ConfigError, match=r"`export.opset` is 7; use null"):
+    with pytest.raises(UserError, match=r"`export.opset` is 7; use null"):
         parse(export_params(opset=7))
-    with pytest.raises(ConfigError, match=r"`export.dynamic` must be bool"):
+    with pytest.raises(UserError, match=r"`export.dynamic` must be true or false"):
         parse(export_params(dynamic="yes"))
-    with pytest.raises(ConfigError, match=r"`export.opset` is 99; the installed onnx supports up to"):
+    with pytest.raises(UserError, match=r"`export.opset` is 99; the installed onnx supports up to"):
         export.run(parse(export_params(opset=99)), None, None, None, None)

@@ -7,8 +7,9 @@ import json
 import pytest
 import yaml
 
-from stagetrain.config import ConfigError, parse
-from stagetrain.data import formats, organize, synthetic
+from stagetrain.config import parse
+from stagetrain.data import formats, organize, sources, synthetic
+from stagetrain.errors import UserError
 
 SIZE = 64
 CLASSES = list(synthetic.CONE_STYLES)  # the canonical names, in the order of the repo's `classes`
@@ -131,7 +132,7 @@ def test_coco_annotations_folder_with_category_names_mapped(tmp_path, params):
     (raw / "annotations").mkdir()
     (raw / "annotations/instances_default.json").write_text(json.dumps(data))
     (raw / "images/_annotations.coco.json").unlink()
-    with pytest.raises(ConfigError, match=r"classes \['blue'\] are neither canonical nor mapped.*'blue_cone'"):
+    with pytest.raises(UserError, match=r"classes \['blue'\] are neither canonical nor mapped.*'blue_cone'"):
         organize.run(parse(params), "target", raw, tmp_path / "out")
     params["datasets"]["target"]["class_map"] = {"blue": "blue_cone"}
     report = organize.run(parse(params), "target", raw, tmp_path / "out")
@@ -145,16 +146,17 @@ def test_malformed_coco_file_is_a_user_error_naming_it(tmp_path, cfg):
     make_coco(raw, "train", range(4))
     for content, reason in (("{not json", "JSONDecodeError"), ('{"images": [], "categories": [{"id": 1}]}', "KeyError: 'name'")):
         (raw / "train/_annotations.coco.json").write_text(content)
-        with pytest.raises(ConfigError, match=rf"train/_annotations.coco.json: not a COCO detection file \({reason}"):
+        with pytest.raises(UserError, match=rf"train/_annotations.coco.json: not a COCO detection file \({reason}"):
             organize.run(cfg, "target", raw, tmp_path / "out")
 
 
 def voc_xml(filename, size, boxes):
+    """VOC devkit coordinates: 1-based and inclusive, so the box's left edge x0 is written as x0 + 1 and its right edge as is."""
     objects = "".join(
         f"""  <object>
     <name>{CLASSES[c]}</name><difficult>0</difficult>
     <bndbox><xmin>{(xc - w / 2) * size + 1}</xmin><ymin>{(yc - h / 2) * size + 1}</ymin>
-      <xmax>{(xc + w / 2) * size + 1}</xmax><ymax>{(yc + h / 2) * size + 1}</ymax></bndbox>
+      <xmax>{(xc + w / 2) * size}</xmax><ymax>{(yc + h / 2) * size}</ymax></bndbox>
   </object>
 """
         for c, xc, yc, w, h in boxes
@@ -200,7 +202,7 @@ def test_voc_object_problems_name_file_and_line(tmp_path, cfg):
         "<annotation>\n<object>\n<name>blue_cone</name>\n<bndbox><xmin>a</xmin></bndbox>\n</object>\n</annotation>\n"
     )
     (raw / "v2.xml").write_text("<annotation>\n<object>\n</annotation>\n")
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(UserError) as err:
         organize.run(cfg, "target", raw, tmp_path / "out")
     assert f"{raw / 'v1.xml'}:2: <object> needs <bndbox>" in str(err.value)
     assert f"{raw / 'v2.xml'}:3: not valid XML (mismatched tag)" in str(err.value)
@@ -210,7 +212,7 @@ def test_ambiguous_layout_asks_for_the_format_and_source_json_settles_it(tmp_pat
     raw = tmp_path / "raw"
     make_coco(raw, "train", range(6))
     (raw / "data.yaml").write_text(yaml.safe_dump({"names": CLASSES}))  # a stray YOLO names file too
-    with pytest.raises(ConfigError, match=r"cannot tell the dataset's format \(coco: .*; yolo: .*\); name it with the dataset's `format:`"):
+    with pytest.raises(UserError, match=r"cannot tell the dataset's format \(coco: .*; yolo: .*\); name it with the dataset's `format:`"):
         organize.run(cfg, "target", raw, tmp_path / "out")
     (raw / "source.json").write_text(json.dumps({"kind": "local", "format": "coco"}))
     assert organize.run(cfg, "target", raw, tmp_path / "out")["format"] == "coco"
@@ -261,3 +263,89 @@ def test_hidden_files_and_macos_metadata_are_ignored(tmp_path, cfg):
 )
 def test_split_names(parts, split):
     assert formats.split_of(parts) == split
+
+
+def make_yolo(raw, names_text, order, yaml_name="data.yaml"):
+    """A YOLO dataset whose class ids follow ``order`` (not the canonical one); returns the canonical boxes per stem."""
+    truth = {}
+    for i, split in enumerate(["train"] * 4 + ["val"] * 2 + ["test"] * 2):
+        boxes = render(raw / "images" / split / f"{i}.jpg", i)
+        write(raw / "labels" / split / f"{i}.txt", yolo_lines([(order.index(CLASSES[c]), *xywh) for c, *xywh in boxes]))
+        truth[str(i)] = boxes
+    write(raw / yaml_name, names_text)
+    return truth
+
+
+NAMES_FORMS = {  # how Ultralytics' own dataset yamls spell `names:` (coco8.yaml: `0: person`; others quote the ids)
+    "list": lambda order: "names: [" + ", ".join(order) + "]\n",
+    "int keys": lambda order: "names:\n" + "".join(f"  {i}: {n}\n" for i, n in enumerate(order)),
+    "quoted keys": lambda order: "names:\n" + "".join(f'  "{i}": {n}\n' for i, n in enumerate(order)),
+    "unordered int keys": lambda order: "names:\n" + "".join(f"  {i}: {n}\n" for i, n in reversed(list(enumerate(order)))),
+}
+
+
+@pytest.mark.parametrize("yaml_name", ["dataset.yaml", "coco8.yaml", "data.yml"])
+@pytest.mark.parametrize("form", NAMES_FORMS)
+def test_yolo_dataset_yaml_of_any_name_with_names_as_list_or_mapping(tmp_path, cfg, yaml_name, form):
+    order = CLASSES[::-1]  # the dataset's ids differ from the canonical ones: names must be read, not assumed
+    header = "path: ../datasets/cones\ntrain: images/train\nval: images/val\ntest: images/test\n"
+    truth = make_yolo(tmp_path / "raw", header + NAMES_FORMS[form](order), order, yaml_name)
+    report = organize.run(cfg, "target", tmp_path / "raw", tmp_path / "out")
+    assert report["format"] == "yolo" and report["images"] == {"train": 4, "val": 2, "test": 2}
+    for split in ("train", "val", "test"):
+        for stem, boxes in read_labels(tmp_path / "out", split).items():
+            assert_boxes_close(boxes, truth[stem])
+
+
+def test_several_dataset_yamls_data_yaml_wins_and_others_without_names_are_ignored(tmp_path, cfg):
+    order = CLASSES[::-1]
+    truth = make_yolo(tmp_path / "raw", "names: [" + ", ".join(order) + "]\n", order, "data.yaml")
+    write(tmp_path / "raw/coco8.yaml", "names: [" + ", ".join(CLASSES) + "]\n")  # a stray copy, other order
+    write(tmp_path / "raw/hyp.yaml", "lr0: 0.01\nmosaic: 1.0\n")  # not a dataset yaml
+    organize.run(cfg, "target", tmp_path / "raw", tmp_path / "out")
+    for stem, boxes in read_labels(tmp_path / "out", "train").items():
+        assert_boxes_close(boxes, truth[stem])
+
+
+def test_several_candidate_dataset_yamls_with_different_names_is_an_error_naming_them(tmp_path, cfg):
+    order = CLASSES[::-1]
+    make_yolo(tmp_path / "raw", "names: [" + ", ".join(order) + "]\n", order, "cones.yaml")
+    write(tmp_path / "raw/other.yml", "names: [" + ", ".join(CLASSES) + "]\n")
+    with pytest.raises(UserError, match=r"cones.yaml.*other.yml"):
+        organize.run(cfg, "target", tmp_path / "raw", tmp_path / "out")
+    write(tmp_path / "raw/other.yml", "names: [" + ", ".join(order) + "]\n")  # the same names twice: no ambiguity
+    assert organize.run(cfg, "target", tmp_path / "raw", tmp_path / "out")["format"] == "yolo"
+
+
+@pytest.mark.parametrize(
+    ("names", "reason"),
+    [
+        ("names: {0: a, 2: b}\n", r"ids 0\.\.1"),
+        ("names: {zero: a, one: b}\n", r"ids 0\.\.1"),
+        ("names: []\n", r"`names:` must list the class names"),
+    ],
+)
+def test_unusable_names_in_a_dataset_yaml_are_a_user_error_naming_it(tmp_path, cfg, names, reason):
+    make_yolo(tmp_path / "raw", names, CLASSES, "dataset.yaml")
+    with pytest.raises(UserError, match=rf"dataset.yaml: .*{reason}"):
+        organize.run(cfg, "target", tmp_path / "raw", tmp_path / "out")
+
+
+def test_local_source_declared_roboflow_but_holding_a_coco_export_asks_for_format_coco(tmp_path, params):
+    export = tmp_path / "export"
+    make_coco(export, "train", range(6)) | make_coco(export, "valid", range(6, 9))
+    params["datasets"]["target"] = {"kind": "local", "local": {"path": str(export), "format": "roboflow"}, "class_map": {}}
+    cfg = parse(params)
+    sources.run(cfg, "target", tmp_path / "raw")
+    with pytest.raises(UserError, match=r"a COCO dataset.*`datasets\.target\.local\.format: coco`"):
+        organize.run(cfg, "target", tmp_path / "raw", tmp_path / "out")
+    params["datasets"]["target"]["local"]["format"] = "coco"
+    sources.run(parse(params), "target", tmp_path / "raw")
+    assert organize.run(parse(params), "target", tmp_path / "raw", tmp_path / "out")["format"] == "coco"
+
+
+def test_a_data_yaml_that_does_not_parse_is_a_user_error_naming_it(tmp_path, cfg):
+    make_yolo(tmp_path / "raw", "names: [a, b\n", CLASSES, "data.yaml")
+    write(tmp_path / "raw/classes.txt", "\n".join(CLASSES) + "\n")  # a fallback must not hide the broken yaml
+    with pytest.raises(UserError, match=r"data.yaml: not a YAML file Ultralytics can read \(ParserError"):
+        organize.run(cfg, "target", tmp_path / "raw", tmp_path / "out")

@@ -9,10 +9,11 @@ import sys
 
 import pytest
 import yaml
-from conftest import REPO
 
-from stagetrain.config import ConfigError, parse
+from conftest import REPO
+from stagetrain.config import parse
 from stagetrain.data import organize, sources, validate
+from stagetrain.errors import UserError
 
 
 @pytest.fixture
@@ -73,7 +74,7 @@ def test_duplicates_never_straddle_splits(tmp_path, params, raw):
 def test_bad_labels_error_names_file_and_line(tmp_path, params, raw):
     (raw / "labels" / "target_00003.txt").write_text("0 0.5 0.5 0.1 0.1\n7 0.5 0.5 0.1 0.1\n")
     (raw / "labels" / "target_00004.txt").write_text("0 0.5 0.5 0.1\n")
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(UserError) as err:
         organize.run(parse(params), "target", raw, tmp_path / "out")
     message = str(err.value)
     assert "target_00003.txt:2: class id 7 is not one of 0..4" in message
@@ -93,7 +94,7 @@ def test_skip_mode_leaves_bad_files_out_and_lists_them(tmp_path, params, raw):
 
 def test_class_map_renames_and_drops(tmp_path, params, raw):
     (raw / "data.yaml").write_text("names: [blue, yellow_cone, orange_cone, large_orange_cone, traffic_sign]\n")
-    with pytest.raises(ConfigError, match=r"classes \['blue', 'traffic_sign'\] are neither canonical nor mapped"):
+    with pytest.raises(UserError, match=r"classes \['blue', 'traffic_sign'\] are neither canonical nor mapped"):
         organize.run(parse(params), "target", raw, tmp_path / "out")
     params["datasets"]["target"]["class_map"] = {"blue": "blue_cone", "traffic_sign": None}
     report = organize.run(parse(params), "target", raw, tmp_path / "out")

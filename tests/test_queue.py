@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from stagetrain import repro
+from stagetrain.tools import repo as repro
 
 pytestmark = pytest.mark.slow
 EXPERIMENTS = {"lr-low": "stages.stage3.lr0=0.0001", "lr-high": "stages.stage3.lr0=0.003"}

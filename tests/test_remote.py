@@ -15,7 +15,7 @@ import pytest
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import make_server
 
-from stagetrain import repro
+from stagetrain.tools import repo as repro
 
 pytestmark = pytest.mark.slow
 OUTPUT_DIRS = ("data/raw", "data/organized", "models", "metrics")

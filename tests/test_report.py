@@ -7,7 +7,10 @@ from stagetrain.report import render, verdict
 
 
 def _eval(stage3, baseline):
-    return {"stage3": {"mAP50": stage3, "mAP50-95": 0.3, "precision": 0.5, "recall": 0.5}, "baseline": {"mAP50": baseline, "mAP50-95": 0.3, "precision": 0.5, "recall": 0.5}}
+    return {
+        "stage3": {"mAP50": stage3, "mAP50-95": 0.3, "precision": 0.5, "recall": 0.5},
+        "baseline": {"mAP50": baseline, "mAP50-95": 0.3, "precision": 0.5, "recall": 0.5},
+    }
 
 
 def _stages(*val):

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from conftest import REPO, copy_repo
 from fake_roboflow import SPLITS, FakeRoboflow
-
-from stagetrain.config import ConfigError, parse
+from stagetrain.config import parse
 from stagetrain.data import archive, sources
+from stagetrain.errors import UserError
 
 KEY = f"rfKey-{secrets.token_hex(10)}"  # random, so no file of the repo holds it; lower case: the SDK takes all-caps for a placeholder
 ROBOFLOW = {"kind": "roboflow", "roboflow": {"workspace": "fsb", "project": "cones", "version": 1}, "class_map": {}}
@@ -211,7 +212,7 @@ def test_zip_from_macos_leaves_metadata_out(tmp_path, params):
 
 
 def test_missing_path_names_the_key(tmp_path, params):
-    with pytest.raises(ConfigError, match=r"`datasets\.target\.local\.path` is .*nowhere\.zip.*does not exist"):
+    with pytest.raises(UserError, match=r"`datasets\.target\.local\.path` is .*nowhere\.zip.*does not exist"):
         sources.run(parse(local_params(params, tmp_path / "nowhere.zip")), "target", tmp_path / "raw")
     assert not (tmp_path / "raw").exists()
 
@@ -220,7 +221,7 @@ def test_previous_output_survives_a_failed_run(tmp_path, params):
     out = tmp_path / "raw"
     sources.run(parse(local_params(params, make_folder(tmp_path / "ok"))), "target", out)
     bad = make_archive(tmp_path / "bad.zip", {"../evil.txt": b"x"})
-    with pytest.raises(ConfigError):
+    with pytest.raises(UserError):
         sources.run(parse(local_params(params, bad)), "target", out)
     assert (out / "data.yaml").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["bad.zip", "ok", "raw"]
 
@@ -276,7 +277,7 @@ def link(name: str, target: str, kind: bytes = tarfile.SYMTYPE) -> tarfile.TarIn
 def test_unsafe_entries_are_refused_by_name(tmp_path, params, make, entry):
     (tmp_path / "outside.txt").write_text("must stay untouched\n")
     bad = make(tmp_path / "bad.tar.gz")
-    with pytest.raises(ConfigError, match="refusing") as err:
+    with pytest.raises(UserError, match="refusing") as err:
         sources.run(parse(local_params(params, bad)), "target", tmp_path / "raw" / "target")
     assert repr(entry) in str(err.value) and str(bad) in str(err.value)
     assert not (tmp_path / "evil.txt").exists() and not Path("/tmp/evil.txt").exists()
@@ -301,10 +302,10 @@ def test_links_inside_the_archive_become_copies(tmp_path):
 
 def test_size_cap_stops_extraction(tmp_path, params):
     path = make_archive(tmp_path / "d.zip", {"images/big.png": os.urandom(4096)})
-    with pytest.raises(ConfigError, match=r"more than .* GiB.*raise `datasets\.target\.local\.max_gib`"):
+    with pytest.raises(UserError, match=r"more than .* GiB.*raise `datasets\.target\.local\.max_gib`"):
         sources.run(parse(local_params(params, path, max_gib=1000 / 2**30)), "target", tmp_path / "raw")
     tar = make_archive(tmp_path / "d.tar.gz", {"images/big.png": os.urandom(4096)})  # tar sizes are counted as it streams
-    with pytest.raises(ConfigError, match="more than"):
+    with pytest.raises(UserError, match="more than"):
         archive.extract(tar, tmp_path / "t", max_bytes=1000)
 
 
@@ -312,16 +313,16 @@ def test_size_cap_stops_extraction(tmp_path, params):
 def test_compression_ratio_cap_stops_a_bomb(tmp_path, params, monkeypatch, name):
     monkeypatch.setattr(archive, "RATIO_FLOOR", 1 << 16)  # judge the ratio from 64 KiB on, not 64 MiB
     path = make_archive(tmp_path / name, {"zeros.bin": bytes(8 << 20)})
-    with pytest.raises(ConfigError, match="zip bomb"):
+    with pytest.raises(UserError, match="zip bomb"):
         sources.run(parse(local_params(params, path)), "target", tmp_path / "raw")
 
 
 def test_not_an_archive_and_corrupt_archive(tmp_path, params):
     (tmp_path / "notes.txt").write_text("x")
-    with pytest.raises(ConfigError, match=r"neither a folder nor a \.zip"):
+    with pytest.raises(UserError, match=r"neither a folder nor a \.zip"):
         sources.run(parse(local_params(params, tmp_path / "notes.txt")), "target", tmp_path / "raw")
     (tmp_path / "broken.zip").write_bytes(b"PK\3\4 truncated")
-    with pytest.raises(ConfigError, match="broken.zip: cannot be extracted"):
+    with pytest.raises(UserError, match="broken.zip: cannot be extracted"):
         sources.run(parse(local_params(params, tmp_path / "broken.zip")), "target", tmp_path / "raw")
 
 
@@ -354,13 +355,13 @@ def test_synthetic_raw_folder_says_its_format(tmp_path, params):
             r"app\.roboflow\.com/<workspace>/<project>/<version>",
         ),
         ({"kind": "local", "local": {"path": "d.zip", "format": "pascal"}}, r"`datasets\.x\.local\.format` is 'pascal'; use one of: auto"),
-        ({"kind": "local", "local": {"path": "d.zip", "max_gib": 0}}, r"`datasets\.x\.local\.max_gib`.* must be > 0"),
+        ({"kind": "local", "local": {"path": "d.zip", "max_gib": 0}}, r"`datasets\.x\.local\.max_gib` is 0.0; use a value > 0"),
         ({"kind": "local", "local": {}}, r"missing key `datasets\.x\.local\.path`"),
     ],
 )
 def test_params_blocks_are_validated(params, block, message):
     params["datasets"]["x"] = block
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(UserError, match=message):
         parse(params)
 
 
@@ -373,9 +374,9 @@ def test_params_defaults_are_filled(params):
 
 def test_empty_source_and_source_containing_the_output_are_refused(tmp_path, params, monkeypatch):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ConfigError, match=r"`datasets\.target` holds no files"):
+    with pytest.raises(UserError, match=r"`datasets\.target` holds no files"):
         sources.run(parse(local_params(params, tmp_path / "empty")), "target", tmp_path / "raw")
     monkeypatch.chdir(tmp_path)  # `path: .` with the output inside it, as in a repo root
     make_folder(tmp_path / "data")
-    with pytest.raises(ConfigError, match="contains the output folder"):
+    with pytest.raises(UserError, match="contains the output folder"):
         sources.run(parse(local_params(params, ".")), "target", Path("data/raw/target"))

@@ -35,7 +35,7 @@ def test_boxes_are_valid_and_cover_every_class():
 def test_box_encloses_the_drawn_cone():
     image, boxes = render(1, "source", 0, 160, CLASSES)
     pixels = np.asarray(image, dtype=np.float32)
-    cls, xc, yc, w, h = boxes[0]
+    _cls, xc, yc, w, h = boxes[0]
     x0, x1 = int((xc - w / 2) * 160), int((xc + w / 2) * 160)
     y0, y1 = int((yc - h / 2) * 160), int((yc + h / 2) * 160)
     inside = pixels[y0:y1, x0:x1].reshape(-1, 3)
@@ -52,3 +52,10 @@ def test_target_domain_is_darker_and_blurrier():
     (source_light, source_edge), (target_light, target_edge) = stats("source"), stats("target")
     assert target_light < 0.75 * source_light
     assert target_edge < 0.75 * source_edge
+
+
+def test_params_validation_knows_every_synthetic_domain():
+    from stagetrain.config.schema import SYNTHETIC_DOMAINS
+    from stagetrain.data.synthetic import DOMAINS
+
+    assert set(SYNTHETIC_DOMAINS) == set(DOMAINS), "keep config/schema.py SYNTHETIC_DOMAINS in step with data/synthetic.py DOMAINS"

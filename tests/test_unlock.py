@@ -10,13 +10,18 @@ import time
 import psutil
 import pytest
 
-from stagetrain.unlock import unlock
+from stagetrain.errors import UserError
+from stagetrain.tools.unlock import unlock
 
 
 def _write_lock(repo, pid, cmd="dvc repro"):
     path = repo / ".dvc/tmp/rwlock"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"write": {"models/stage2/best.pt": {"pid": pid, "cmd": cmd}}, "read": {"data/organized/target": [{"pid": pid, "cmd": cmd}]}}))
+    path.write_text(
+        json.dumps(
+            {"write": {"models/stage2/best.pt": {"pid": pid, "cmd": cmd}}, "read": {"data/organized/target": [{"pid": pid, "cmd": cmd}]}}
+        )
+    )
     return path
 
 
@@ -44,7 +49,7 @@ def test_live_dvc_holder_is_refused(tmp_path):
         time.sleep(0.01)
     try:
         path = _write_lock(tmp_path, holder.pid)
-        with pytest.raises(RuntimeError, match=rf"(?s)still held by running DVC processes.*PID {holder.pid}"):
+        with pytest.raises(UserError, match=rf"(?s)still held by running DVC processes.*PID {holder.pid}"):
             unlock(tmp_path)
         assert path.exists()
     finally:

@@ -7,8 +7,9 @@ import json
 import pytest
 from PIL import Image
 
-from stagetrain.config import ConfigError, parse
+from stagetrain.config import parse
 from stagetrain.data import organize, sources, validate
+from stagetrain.errors import UserError
 
 N = 12  # images in the raw folder each test starts from
 
@@ -85,7 +86,7 @@ BAD = {
 def test_bad_input_errors_by_default_and_is_skipped_and_listed_in_skip_mode(tmp_path, params, raw, kind):
     breaks, message, left_out = BAD[kind]
     breaks(raw)
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(UserError) as err:
         organize.run(parse(params), "target", raw, tmp_path / "out")
     assert message in str(err.value) and "organize.on_bad: skip" in str(err.value)
     assert not (tmp_path / "out").exists()
@@ -102,7 +103,7 @@ def test_bad_input_errors_by_default_and_is_skipped_and_listed_in_skip_mode(tmp_
 def test_every_problem_is_listed_in_one_error(tmp_path, params, raw):
     for breaks, _, _ in BAD.values():
         breaks(raw)
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(UserError) as err:
         organize.run(parse(params), "target", raw, tmp_path / "out")
     for _, message, _ in BAD.values():
         assert message in str(err.value)
@@ -110,7 +111,7 @@ def test_every_problem_is_listed_in_one_error(tmp_path, params, raw):
 
 def test_error_lists_the_first_50_problems_then_a_count(tmp_path, params, raw):
     label(raw, 0).write_text("".join(f"{9 + i} 0.5 0.5 0.1 0.1\n" for i in range(60)))
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(UserError) as err:
         organize.run(parse(params), "target", raw, tmp_path / "out")
     lines = str(err.value).splitlines()
     assert sum("class id" in line for line in lines) == 50 and lines[-1].strip() == "... and 10 more"
@@ -119,7 +120,7 @@ def test_error_lists_the_first_50_problems_then_a_count(tmp_path, params, raw):
 def test_accepted_label_forms(tmp_path, params, raw):
     label(raw, 1).write_bytes(b"\xef\xbb\xbf0 0.5 0.5 0.2 0.2\r\n1 0.3 0.3 0.1 0.1\r\n")  # BOM + CRLF (Windows tools)
     label(raw, 2).write_text("2 0.1 0.2 0.3 0.2 0.3 0.4 0.1 0.4\n")  # polygon (segmentation export) -> its box
-    label(raw, 3).write_text("0 0.995 0.5 0.02 0.1\n")  # overhangs by 0.005: within tolerance, clipped
+    label(raw, 3).write_text("0 0.995 0.5 0.02 0.1\n")  # overhangs by 0.005 = 0.48 px: rounding, clamped without a word
     label(raw, 4).write_text("\n")  # empty: a background image
     label(raw, 5).unlink()  # missing: a background image
     report = organize.run(parse(params), "target", raw, tmp_path / "out")
@@ -128,8 +129,27 @@ def test_accepted_label_forms(tmp_path, params, raw):
     assert out_label(out, "target_00002") == "2 0.200000 0.300000 0.200000 0.200000\n"
     assert out_label(out, "target_00003") == "0 0.992500 0.500000 0.015000 0.100000\n"
     assert out_label(out, "target_00004") == out_label(out, "target_00005") == ""
-    assert report["polygons_converted"] == 1 and report["boxes_clipped"] == 1
+    assert report["polygons_converted"] == 1 and report["boxes_clipped"] == 0 and report["clipped_boxes"] == []
     assert sum(report["background_images"].values()) >= 2 and report["skipped"] == []
+
+
+@pytest.mark.parametrize(
+    ("over", "clamped", "clipped"),
+    [
+        (5e-7, False, False),  # 6-decimal text rounding: left as written, so labels round-trip
+        (0.8 / 200, True, False),  # 0.8 px: rounding, clamped to the border without a word
+        (1.5 / 200, True, True),  # 1.5 px (< 1 % of 200 px): clipped, counted and listed
+    ],
+)
+def test_yolo_box_overhang_is_rounding_up_to_one_pixel_then_clipped(over, clamped, clipped):
+    box = validate.Box("blue_cone", 0.9 + over, 0.5, 0.2, 0.2, "x.txt:1")  # spans 0.8 + over .. 1 + over
+    [(_, xc, yc, w, h, where)], problems, clips = validate.place_boxes([box], (200, 200), pixels=False)
+    assert (xc, w) == (pytest.approx(0.9 + over / 2), pytest.approx(0.2 - over)) if clamped else (xc, w) == (0.9 + over, 0.2)
+    assert (yc, h, where, problems) == (0.5, pytest.approx(0.2), "x.txt:1", [])
+    assert [c["where"] for c in clips] == (["x.txt:1"] if clipped else [])
+    beyond = validate.Box("blue_cone", 0.95, 0.5, 0.2, 0.2, "x.txt:2")  # 0.05 over: more than TOLERANCE, a problem
+    message = "x.txt:2: box (xc yc w h, normalised) 0.95 0.5 0.2 0.2 lies outside the image (by more than 0.01 of its size)"
+    assert validate.place_boxes([beyond], (200, 200), pixels=False)[:2] == ([], [message])
 
 
 def test_grayscale_png_and_upper_case_jpg_are_accepted(tmp_path, params, raw):
@@ -170,7 +190,7 @@ def test_coco_boxes_are_normalised_by_the_displayed_size(tmp_path, params):
 
     entries[1].update(width=81, height=40)  # annotated on the stored (unrotated) frame: boxes would miss
     (raw / "_annotations.coco.json").write_text(json.dumps(coco))
-    with pytest.raises(ConfigError, match=r"r1.jpg: its annotation is for a 81x40 image but it displays as 40x81"):
+    with pytest.raises(UserError, match=r"r1.jpg: its annotation is for a 81x40 image but it displays as 40x81"):
         organize.run(parse(params), "target", raw, tmp_path / "out")
 
 

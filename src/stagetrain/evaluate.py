@@ -21,33 +21,19 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from stagetrain import ultra  # noqa: F401  (hermetic set-up before Ultralytics is imported)
-from stagetrain.config import Config, ConfigError
+from stagetrain import ultra
+from stagetrain.config import Config
+from stagetrain.errors import UserError
 from stagetrain.train import checkpoint
-from ultralytics.data.utils import IMG_FORMATS, exif_size, img2label_paths
-from ultralytics.models.yolo.detect import DetectionValidator
 
 MAX_DET = 300  # detections kept per image: Ultralytics' val default, and COCOeval's maxDets to match it
-CONFUSION_CONF = 0.25  # Ultralytics' predict threshold: at val's 0.001 nearly every row would be a background false positive
 PR_POINTS = 101  # recall steps of the PR curve written for dvc plots (COCO's 101-point grid)
 BACKGROUND = "background"
 
 
-class EvalValidator(DetectionValidator):
-    """Ultralytics' detection validator with a confusion matrix but no PNG plots, and no COCO scoring of its own.
-
-    With ``plots=False`` Ultralytics skips the confusion matrix; ``_process_batch`` sees every
-    image's predictions and ground truth, so it fills the matrix there. ``eval_json`` would score
-    the predictions with faster-coco-eval (not a dependency): we score them with pycocotools instead.
-    """
-
-    def _process_batch(self, preds: dict, batch: dict) -> dict:
-        if not self.args.plots:  # with plots on, Ultralytics fills it itself
-            self.confusion_matrix.process_batch(preds, batch, conf=CONFUSION_CONF)
-        return super()._process_batch(preds, batch)
-
-    def eval_json(self, stats: dict[str, Any]) -> dict[str, Any]:
-        return stats
+# Ultralytics' detection validator that fills the confusion matrix with plots off (at conf 0.25, Ultralytics'
+# predict threshold) and leaves COCO scoring to pycocotools here; subclass it to observe or feed the validator.
+EvalValidator = ultra.EvalValidator
 
 
 class ModelEvaluation(NamedTuple):
@@ -60,12 +46,12 @@ def split_images(data_yaml: Path, split: str) -> list[Path]:
     """Image files of ``split`` in an organized ``data.yaml`` (whose paths are relative to its folder)."""
     data = yaml.safe_load(data_yaml.read_text())
     if split not in data:
-        raise ConfigError(f"{data_yaml}: no `{split}` split; rerun organize or set `evaluate.split` to one of train, val, test")
+        raise UserError(f"{data_yaml}: no `{split}` split; rerun organize or set `evaluate.split` to one of train, val, test")
     root = data_yaml.parent / data["path"] if data.get("path") else data_yaml.parent
     folder = root / data[split]
-    images = sorted(p for p in folder.iterdir() if p.suffix.lower().lstrip(".") in IMG_FORMATS) if folder.is_dir() else []
+    images = sorted(p for p in folder.iterdir() if p.suffix.lower().lstrip(".") in ultra.IMG_FORMATS) if folder.is_dir() else []
     if not images:
-        raise ConfigError(f"{data_yaml}: the `{split}` split ({folder}) holds no images; rerun organize")
+        raise UserError(f"{data_yaml}: the `{split}` split ({folder}) holds no images; rerun organize")
     return images
 
 
@@ -76,9 +62,9 @@ def coco_ground_truth(images: list[Path], classes: tuple[str, ...]) -> dict[str,
     images by file name, since Ultralytics' own image ids are file stems.
     """
     coco: dict[str, Any] = {"images": [], "annotations": [], "categories": [{"id": i + 1, "name": n} for i, n in enumerate(classes)]}
-    for image_id, (image, label) in enumerate(zip(images, img2label_paths([str(p) for p in images])), 1):
+    for image_id, (image, label) in enumerate(zip(images, ultra.img2label_paths([str(p) for p in images])), 1):
         with Image.open(image) as im:
-            width, height = exif_size(im)
+            width, height = ultra.exif_size(im)
         coco["images"].append({"id": image_id, "file_name": image.name, "width": width, "height": height})
         rows = [line.split() for line in Path(label).read_text().splitlines() if line.strip()] if Path(label).exists() else []
         for row in rows:
@@ -89,7 +75,9 @@ def coco_ground_truth(images: list[Path], classes: tuple[str, ...]) -> dict[str,
                 x0, y0, x1, y1 = coords[0::2].min(), coords[1::2].min(), coords[0::2].max(), coords[1::2].max()
             box = [x0 * width, y0 * height, (x1 - x0) * width, (y1 - y0) * height]
             ann_id = len(coco["annotations"]) + 1
-            coco["annotations"].append({"id": ann_id, "image_id": image_id, "category_id": cls + 1, "bbox": box, "area": box[2] * box[3], "iscrowd": 0})
+            coco["annotations"].append(
+                {"id": ann_id, "image_id": image_id, "category_id": cls + 1, "bbox": box, "area": box[2] * box[3], "iscrowd": 0}
+            )
     return coco
 
 
@@ -99,7 +87,9 @@ def coco_scores(ground_truth: dict[str, Any], predictions: list[dict[str, Any]])
     from pycocotools.cocoeval import COCOeval
 
     ids = {image["file_name"]: image["id"] for image in ground_truth["images"]}
-    detections = [{"image_id": ids[p["file_name"]], "category_id": p["category_id"], "bbox": p["bbox"], "score": p["score"]} for p in predictions]
+    detections = [
+        {"image_id": ids[p["file_name"]], "category_id": p["category_id"], "bbox": p["bbox"], "score": p["score"]} for p in predictions
+    ]
     if not detections or not ground_truth["annotations"]:
         return {"mAP50": 0.0, "mAP50-95": 0.0}
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress and summary table
@@ -121,12 +111,15 @@ def _mean_defined(precision: np.ndarray) -> float:
     return float(defined.mean()) if defined.size else 0.0
 
 
-def pr_rows(box: Any) -> list[dict[str, float]]:
-    """Mean precision over the classes present, at ``PR_POINTS`` recall steps (IoU 0.5)."""
-    prec = np.asarray(box.prec_values)
-    mean = prec.mean(0) if prec.size else np.zeros_like(box.px)
-    steps = np.linspace(0, len(box.px) - 1, PR_POINTS).round().astype(int)
-    return [{"recall": round(float(box.px[i]), 4), "precision": round(float(mean[i]), 6)} for i in steps]
+def pr_rows(recall: np.ndarray, precision: np.ndarray) -> list[dict[str, float]]:
+    """Mean precision over the classes present, at ``PR_POINTS`` recall steps (IoU 0.5).
+
+    ``recall`` is Ultralytics' recall grid and ``precision`` its (classes, grid) precision on it (``ultra.pr_curve``).
+    """
+    prec = np.asarray(precision)
+    mean = prec.mean(0) if prec.size else np.zeros_like(recall)
+    steps = np.linspace(0, len(recall) - 1, PR_POINTS).round().astype(int)
+    return [{"recall": round(float(recall[i]), 4), "precision": round(float(mean[i]), 6)} for i in steps]
 
 
 def confusion_rows(matrix: np.ndarray, classes: tuple[str, ...]) -> list[dict[str, str]]:
@@ -141,21 +134,19 @@ def confusion_rows(matrix: np.ndarray, classes: tuple[str, ...]) -> list[dict[st
 
 def evaluate_model(cfg: Config, weights: Path, data_yaml: Path, work_dir: Path, validator: type = EvalValidator) -> ModelEvaluation:
     """Test-split metrics of one checkpoint, cross-checked with pycocotools, plus its PR and confusion rows."""
-    from stagetrain.ultra import YOLO, resolve_device
-
     checkpoint.check_class_names(weights, cfg.classes)
     train_args = cfg.stages[weights.parent.name].train_args if weights.parent.name in cfg.stages else {}
-    images = split_images(data_yaml, cfg.evaluate_split)
+    images = split_images(data_yaml, cfg.evaluate.split)
     shutil.rmtree(work_dir, ignore_errors=True)  # predictions.json of an earlier run must not be read as this one's
     started = time.perf_counter()
-    result = YOLO(str(weights)).val(
+    result = ultra.YOLO(str(weights)).val(
         validator=validator,
         data=str(data_yaml),
-        split=cfg.evaluate_split,
+        split=cfg.evaluate.split,
         imgsz=cfg.imgsz,
         batch=train_args.get("batch", 16),
-        device=resolve_device(train_args.get("device")),
-        augment=cfg.evaluate_tta,
+        device=ultra.resolve_device(train_args.get("device")),
+        augment=cfg.evaluate.tta,
         max_det=MAX_DET,
         save_json=True,
         plots=False,
@@ -181,7 +172,7 @@ def evaluate_model(cfg: Config, weights: Path, data_yaml: Path, work_dir: Path, 
         "coco_mAP50": round(coco["mAP50"], 6),
         "coco_mAP50-95": round(coco["mAP50-95"], 6),
         "coco_delta_mAP50-95": round(coco["mAP50-95"] - float(box.map), 6),
-        "tta": cfg.evaluate_tta,
+        "tta": cfg.evaluate.tta,
         "images": len(ground_truth["images"]),
         "instances": len(ground_truth["annotations"]),
         "detections": len(predictions),
@@ -189,10 +180,12 @@ def evaluate_model(cfg: Config, weights: Path, data_yaml: Path, work_dir: Path, 
         "seconds": round(seconds, 1),
         "per_class": per_class,
     }
-    return ModelEvaluation(metrics, pr_rows(box), confusion_rows(result.confusion_matrix.matrix, cfg.classes))
+    return ModelEvaluation(metrics, pr_rows(*ultra.pr_curve(result)), confusion_rows(ultra.confusion_counts(result), cfg.classes))
 
 
-def run(cfg: Config, data_yaml: Path, models_dir: Path, work_dir: Path, plots_dir: Path | None = None, validator: type = EvalValidator) -> dict:
+def run(
+    cfg: Config, data_yaml: Path, models_dir: Path, work_dir: Path, plots_dir: Path | None = None, validator: type = EvalValidator
+) -> dict:
     """Evaluate every ``evaluate.models`` checkpoint; returns ``{model: metrics}``.
 
     With ``plots_dir``, writes ``pr/<model>.json`` and ``confusion/<model>.json`` there (the
@@ -203,7 +196,7 @@ def run(cfg: Config, data_yaml: Path, models_dir: Path, work_dir: Path, plots_di
         if plots_dir is not None:
             shutil.rmtree(plots_dir / sub, ignore_errors=True)
             (plots_dir / sub).mkdir(parents=True)
-    for name in cfg.evaluate_models:
+    for name in cfg.evaluate.models:
         evaluation = evaluate_model(cfg, models_dir / name / "best.pt", data_yaml, work_dir / name, validator)
         results[name] = evaluation.metrics
         if plots_dir is not None:

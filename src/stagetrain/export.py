@@ -13,14 +13,15 @@ import os
 import shutil
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from PIL import Image
 
-from stagetrain.config import Config, ConfigError
+from stagetrain.config import Config
+from stagetrain.errors import UserError
 from stagetrain.evaluate import split_images
 from stagetrain.ultra import CPU_THREADS, YOLO
 
@@ -69,22 +70,24 @@ def onnx_session(path: Path, threads: int = CPU_THREADS):
 
 def _onnx_forward(session) -> Callable[[np.ndarray], np.ndarray]:
     name = session.get_inputs()[0].name
-    return lambda batch: np.concatenate([session.run(None, {name: batch[i : i + 1]})[0] for i in range(len(batch))])  # batch 1: static graphs too
+    return lambda batch: np.concatenate(
+        [session.run(None, {name: batch[i : i + 1]})[0] for i in range(len(batch))]
+    )  # batch 1: static graphs too
 
 
 def _check_opset(cfg: Config) -> None:
     import onnx
 
     newest = onnx.defs.onnx_opset_version()
-    if cfg.export_opset is not None and cfg.export_opset > newest:
-        raise ConfigError(f"{cfg.source}: `export.opset` is {cfg.export_opset}; the installed onnx supports up to {newest} (or use null)")
+    if cfg.export.opset is not None and cfg.export.opset > newest:
+        raise UserError(f"{cfg.source}: `export.opset` is {cfg.export.opset}; the installed onnx supports up to {newest} (or use null)")
 
 
 def _export(weights: Path, cfg: Config, fmt: str, imgsz: int, data_yaml: Path) -> Path:
     """Export with Ultralytics (it writes beside ``weights``); the params pick opset, dynamic axes, simplification, precision."""
-    args = {"format": fmt, "imgsz": imgsz, "dynamic": cfg.export_dynamic, "simplify": cfg.export_simplify, "opset": cfg.export_opset}
+    args = {"format": fmt, "imgsz": imgsz, "dynamic": cfg.export.dynamic, "simplify": cfg.export.simplify, "opset": cfg.export.opset}
     if fmt == "engine":  # Ultralytics 8.4's `quantize` replaces half/int8; INT8 calibrates on the val split of data_yaml
-        args.update(device=0, data=str(data_yaml), quantize=8 if cfg.export_int8 else 16 if cfg.export_half else None)
+        args.update(device=0, data=str(data_yaml), quantize=8 if cfg.export.int8 else 16 if cfg.export.half else None)
     else:
         args.update(device="cpu")
     return Path(YOLO(str(weights)).export(**args))
@@ -94,7 +97,7 @@ def _val_map50(model: Path, cfg: Config, data_yaml: Path, work_dir: Path, batch:
     """Test-split mAP50 by Ultralytics' validator; square letterboxed batches, as every export format receives."""
     result = YOLO(str(model), task="detect").val(
         data=str(data_yaml),
-        split=cfg.evaluate_split,
+        split=cfg.evaluate.split,
         imgsz=cfg.imgsz,
         batch=batch,
         rect=False,
@@ -125,12 +128,12 @@ def _export_onnx(
 
     entry = _shipped(_export(local, cfg, "onnx", cfg.imgsz, data_yaml), out_dir / "model.onnx")
     graph = onnx.load(out_dir / "model.onnx", load_external_data=False)
-    entry.update(opset=int(graph.opset_import[0].version), dynamic=cfg.export_dynamic, simplify=cfg.export_simplify)
+    entry.update(opset=int(graph.opset_import[0].version), dynamic=cfg.export.dynamic, simplify=cfg.export.simplify)
     forward = _onnx_forward(onnx_session(out_dir / "model.onnx", threads))
     entry["max_abs_diff"] = float(np.abs(forward(images) - reference).max())
     forwards = {}
     for size in _sizes(cfg):
-        if size == cfg.imgsz or cfg.export_dynamic:
+        if size == cfg.imgsz or cfg.export.dynamic:
             forwards[size] = forward
         else:  # a static graph runs at its export size only: a scratch export for the latency figure
             scratch = _export(local, cfg, "onnx", size, data_yaml).rename(work_dir / f"model_{size}.onnx")
@@ -144,10 +147,10 @@ def _cuda_synced(fn: Callable[[], object]) -> Callable[[], object]:
 
 def _engine(cfg: Config, local: Path, data_yaml: Path, out_dir: Path, work_dir: Path, runs: int, pytorch_map50: float) -> dict:
     """TensorRT entry (CUDA only; unverified without a GPU): size, mAP50, latency vs PyTorch FP32 on the same GPU."""
-    from ultralytics.nn.autobackend import AutoBackend
+    from stagetrain.ultra import AutoBackend  # Ultralytics' runtime for an exported file
 
     entry = _shipped(_export(local, cfg, "engine", cfg.imgsz, data_yaml), out_dir / "model.engine")
-    entry["precision"] = "int8" if cfg.export_int8 else "fp16" if cfg.export_half else "fp32"
+    entry["precision"] = "int8" if cfg.export.int8 else "fp16" if cfg.export.half else "fp32"
     entry["mAP50"] = _val_map50(out_dir / "model.engine", cfg, data_yaml, work_dir, 1, 0)
     entry["mAP50_diff"] = round(entry["mAP50"] - pytorch_map50, 6)
     model = YOLO(str(local)).model.float().eval().fuse(verbose=False).to("cuda")
@@ -160,7 +163,9 @@ def _engine(cfg: Config, local: Path, data_yaml: Path, out_dir: Path, work_dir: 
         x = torch.rand(1, 3, size, size, device="cuda")
         xe = x.half() if backend.fp16 else x
         with torch.inference_mode():
-            latency[str(size)] = paired_median_ms({"pytorch_fp32": _cuda_synced(lambda: model(x)), "engine": _cuda_synced(lambda: backend(xe))}, runs)
+            latency[str(size)] = paired_median_ms(
+                {"pytorch_fp32": _cuda_synced(lambda x=x: model(x)), "engine": _cuda_synced(lambda b=backend, xe=xe: b(xe))}, runs
+            )
     entry["latency_ms"] = {size: ms["engine"] for size, ms in latency.items()}
     entry["pytorch_fp32_cuda_latency_ms"] = {size: ms["pytorch_fp32"] for size, ms in latency.items()}
     entry["latency_ratio"] = {size: round(ms["engine"] / ms["pytorch_fp32"], 3) for size, ms in latency.items()}
@@ -180,18 +185,24 @@ def run(
     local = work_dir / "model.pt"  # Ultralytics writes exports beside the weights: keep them out of models/<stage>
     shutil.copyfile(weights, local)
     out_dir.mkdir(parents=True, exist_ok=True)
-    test_images = split_images(data_yaml, cfg.evaluate_split)[:PARITY_IMAGES]
+    test_images = split_images(data_yaml, cfg.evaluate.split)[:PARITY_IMAGES]
     images = load_images(test_images, cfg.imgsz)
 
     model = YOLO(str(local)).model.float().eval().fuse(verbose=False)  # fused, as Ultralytics predicts and exports
     with torch.inference_mode():
         reference = model(torch.from_numpy(images))[0].numpy()
-    batch = 8 if cfg.export_dynamic else 1  # a static graph takes batch 1; rect=False makes the batch size irrelevant to scores
+    batch = 8 if cfg.export.dynamic else 1  # a static graph takes batch 1; rect=False makes the batch size irrelevant to scores
     pytorch: dict = {"mAP50": _val_map50(local, cfg, data_yaml, work_dir, batch, "cpu")}
-    results: dict = {"model": cfg.export_model, "source": portable(weights), "imgsz": cfg.imgsz, "parity_images": len(images), "cpu_threads": threads}
+    results: dict = {
+        "model": cfg.export.model,
+        "source": portable(weights),
+        "imgsz": cfg.imgsz,
+        "parity_images": len(images),
+        "cpu_threads": threads,
+    }
     results["pytorch"] = pytorch
 
-    if "onnx" in cfg.export_formats:
+    if "onnx" in cfg.export.formats:
         onnx_entry, forwards = _export_onnx(cfg, local, data_yaml, out_dir, work_dir, images, reference, threads)
         onnx_entry["mAP50"] = _val_map50(out_dir / "model.onnx", cfg, data_yaml, work_dir, batch, "cpu")
         onnx_entry["mAP50_diff"] = round(onnx_entry["mAP50"] - pytorch["mAP50"], 6)
@@ -202,14 +213,20 @@ def run(
                 for size, forward in forwards.items():
                     x = load_images(test_images[:1], size)
                     xt = torch.from_numpy(x)
-                    latency[str(size)] = paired_median_ms({"pytorch": lambda: model(xt), "onnx": lambda: forward(x)}, latency_runs)
+                    latency[str(size)] = paired_median_ms(
+                        {"pytorch": lambda xt=xt: model(xt), "onnx": lambda f=forward, x=x: f(x)}, latency_runs
+                    )
         finally:
             torch.set_num_threads(torch_threads)
         pytorch["latency_ms"] = {size: ms["pytorch"] for size, ms in latency.items()}
         onnx_entry["latency_ms"] = {size: ms["onnx"] for size, ms in latency.items()}
         onnx_entry["latency_ratio"] = {size: round(ms["onnx"] / ms["pytorch"], 3) for size, ms in latency.items()}
         results["onnx"] = onnx_entry
-    if "engine" in cfg.export_formats:
-        results["engine"] = _engine(cfg, local, data_yaml, out_dir, work_dir, latency_runs, pytorch["mAP50"]) if torch.cuda.is_available() else {"skipped": NO_CUDA}
+    if "engine" in cfg.export.formats:
+        results["engine"] = (
+            _engine(cfg, local, data_yaml, out_dir, work_dir, latency_runs, pytorch["mAP50"])
+            if torch.cuda.is_available()
+            else {"skipped": NO_CUDA}
+        )
     shutil.rmtree(work_dir, ignore_errors=True)
     return results

@@ -7,6 +7,8 @@ simpler baseline; worse -> keep the baseline and name the stage where val mAP50 
 
 from __future__ import annotations
 
+import itertools
+
 from stagetrain.config import Config
 
 BASELINE = "baseline"
@@ -38,7 +40,7 @@ def verdict(cfg: Config, stage_metrics: dict[str, dict], evaluation: dict[str, d
     stages = chain(cfg, best)
     drops = [
         (a, b, stage_metrics[a]["mAP50"] - stage_metrics[b]["mAP50"])
-        for a, b in zip(stages, stages[1:])
+        for a, b in itertools.pairwise(stages)
         if a in stage_metrics and b in stage_metrics and stage_metrics[b]["mAP50"] < stage_metrics[a]["mAP50"]
     ]
     where = (
@@ -82,7 +84,19 @@ def export_lines(export: dict) -> list[str]:
             continue
         diff = f"{entry['max_abs_diff']:.2e}" if "max_abs_diff" in entry else "-"
         delta = f"{entry['mAP50_diff'] * 100:+.2f} pt" if "mAP50_diff" in entry else "-"
-        lines += [_row([fmt, f"`{entry['file']}`", f"{entry['bytes'] / 1e6:.1f}", diff, delta, _per_size(entry, "latency_ms"), _per_size(entry, "latency_ratio")])]
+        lines += [
+            _row(
+                [
+                    fmt,
+                    f"`{entry['file']}`",
+                    f"{entry['bytes'] / 1e6:.1f}",
+                    diff,
+                    delta,
+                    _per_size(entry, "latency_ms"),
+                    _per_size(entry, "latency_ratio"),
+                ]
+            )
+        ]
     return lines
 
 
@@ -91,7 +105,23 @@ def render(cfg: Config, stage_metrics: dict[str, dict], evaluation: dict[str, di
     # Val deltas only compare stages validated on the baseline's dataset: other val splits are other questions.
     base_dataset = cfg.stages[BASELINE].dataset if BASELINE in cfg.stages else None
     lines = ["# stagetrain report", "", "## Stages (val split of each stage's dataset)", ""]
-    lines += [_row(["stage", "from", "dataset", "freeze", "mAP50", "mAP50-95", "precision", "recall", "epochs", "seconds", f"Δ mAP50 vs {BASELINE}"])]
+    lines += [
+        _row(
+            [
+                "stage",
+                "from",
+                "dataset",
+                "freeze",
+                "mAP50",
+                "mAP50-95",
+                "precision",
+                "recall",
+                "epochs",
+                "seconds",
+                f"Δ mAP50 vs {BASELINE}",
+            ]
+        )
+    ]
     lines += [_row(["---"] * 11)]
     for name, stage in cfg.stages.items():
         m = stage_metrics.get(name, {})
@@ -99,11 +129,27 @@ def render(cfg: Config, stage_metrics: dict[str, dict], evaluation: dict[str, di
         comparable = name != BASELINE and stage.dataset == base_dataset
         delta = _delta(m, stage_metrics.get(BASELINE)) if comparable else "-"
         start = stage.upstream + (f" + {stage.distill.kind} KD from {stage.teacher}" if stage.distill else "")
-        lines += [_row([name, start, stage.dataset, str(stage.freeze_level), *cells, str(m.get("epochs_run", "-")), str(m.get("seconds", "-")), delta])]
+        lines += [
+            _row(
+                [
+                    name,
+                    start,
+                    stage.dataset,
+                    str(stage.freeze_level),
+                    *cells,
+                    str(m.get("epochs_run", "-")),
+                    str(m.get("seconds", "-")),
+                    delta,
+                ]
+            )
+        ]
     base = evaluation.get(BASELINE)
     tta = any(m.get("tta") for m in evaluation.values())
-    lines += ["", f"## Test split of `{cfg.evaluate_dataset}`" + (" (test-time augmentation on)" if tta else ""), ""]
-    lines += [_row(["model", "mAP50", "mAP50-95", "precision", "recall", "pycocotools mAP50-95", f"Δ mAP50 vs {BASELINE}"]), _row(["---"] * 7)]
+    lines += ["", f"## Test split of `{cfg.evaluate.dataset}`" + (" (test-time augmentation on)" if tta else ""), ""]
+    lines += [
+        _row(["model", "mAP50", "mAP50-95", "precision", "recall", "pycocotools mAP50-95", f"Δ mAP50 vs {BASELINE}"]),
+        _row(["---"] * 7),
+    ]
     for name, m in evaluation.items():
         coco = f"{m['coco_mAP50-95']:.3f}" if "coco_mAP50-95" in m else "-"
         delta = _delta(m, base) if name != BASELINE else "-"

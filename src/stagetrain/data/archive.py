@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from stagetrain.config import ConfigError
+from stagetrain.errors import UserError
 
 SUFFIXES = (".zip", ".tar.gz", ".tgz", ".tar")
 MAX_BYTES = 20 * 2**30  # total uncompressed bytes; params raise it per dataset with `max_gib`
@@ -61,12 +61,12 @@ class _Budget:
 
     def check(self, total: int, entry: str) -> None:
         if total > self.max_bytes:
-            raise ConfigError(
+            raise UserError(
                 f"{self.archive}: refusing to extract more than {self.max_bytes / 2**30:.3g} GiB (reached at entry {entry!r}); "
                 f"if the dataset really is that large, raise `{self.cap_key}` in params.yaml"
             )
         if total > RATIO_FLOOR and total / max(self.compressed, 1) > self.max_ratio:
-            raise ConfigError(
+            raise UserError(
                 f"{self.archive}: expands more than {self.max_ratio:g}x its size (at entry {entry!r}); "
                 "this looks like a zip bomb, not a dataset: re-create the archive from the dataset folder"
             )
@@ -76,21 +76,21 @@ def _clean_name(raw: str, archive: Path) -> str:
     """Refuse absolute paths and ``..``; return the entry's relative POSIX path (``""`` for the root)."""
     name = raw.replace("\\", "/")  # archives made on Windows may use backslashes
     if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
-        raise ConfigError(f"{archive}: entry {raw!r} has an absolute path; refusing to extract an archive that writes outside its folder")
+        raise UserError(f"{archive}: entry {raw!r} has an absolute path; refusing to extract an archive that writes outside its folder")
     parts = [p for p in name.split("/") if p not in ("", ".")]
     if ".." in parts:
-        raise ConfigError(f"{archive}: entry {raw!r} contains `..`; refusing to extract an archive that writes outside its folder")
+        raise UserError(f"{archive}: entry {raw!r} contains `..`; refusing to extract an archive that writes outside its folder")
     return "/".join(parts)
 
 
 def _link_target(entry: str, target: str, relative_to_entry: bool, raw: str, archive: Path) -> str:
     """The normalised in-archive path a link points to; refuse one that leaves the archive's root."""
     if target.startswith("/") or (len(target) > 1 and target[1] == ":"):
-        raise ConfigError(f"{archive}: link {raw!r} points to the absolute path {target!r}; refusing links that leave the dataset")
+        raise UserError(f"{archive}: link {raw!r} points to the absolute path {target!r}; refusing links that leave the dataset")
     base = posixpath.dirname(entry) if relative_to_entry else ""
     resolved = posixpath.normpath(posixpath.join(base, target.replace("\\", "/")))
     if resolved == ".." or resolved.startswith("../"):
-        raise ConfigError(f"{archive}: link {raw!r} points to {target!r}, outside the dataset; refusing to extract it")
+        raise UserError(f"{archive}: link {raw!r} points to {target!r}, outside the dataset; refusing to extract it")
     return "" if resolved == "." else resolved
 
 
@@ -119,7 +119,7 @@ def _tar_entries(tf: tarfile.TarFile, archive: Path) -> Iterator[_Entry]:
         elif member.isreg():
             yield _Entry(name, "file", member.size, open=lambda member=member: tf.extractfile(member))
         else:
-            raise ConfigError(
+            raise UserError(
                 f"{archive}: entry {member.name!r} is a device, FIFO or other special file; a dataset holds only files and folders"
             )
 
@@ -138,14 +138,14 @@ def _materialise_links(links: dict[str, str], dest: Path, archive: Path) -> None
         while target in links:  # link to a link: follow the chain inside the archive
             target, hops = links[target], hops + 1
             if hops > 40:
-                raise ConfigError(f"{archive}: link {name!r} is part of a loop; fix or remove it")
+                raise UserError(f"{archive}: link {name!r} is part of a loop; fix or remove it")
         source, out = dest / target, dest / name
         if not source.exists():
-            raise ConfigError(f"{archive}: link {name!r} points to {target!r}, which is not in the archive")
+            raise UserError(f"{archive}: link {name!r} points to {target!r}, which is not in the archive")
         out.parent.mkdir(parents=True, exist_ok=True)
         if source.is_dir():
             if out.resolve().is_relative_to(source.resolve()):
-                raise ConfigError(f"{archive}: link {name!r} points to a folder that contains it; remove the link")
+                raise UserError(f"{archive}: link {name!r} points to a folder that contains it; remove the link")
             shutil.copytree(source, out, copy_function=link_or_copy, dirs_exist_ok=True)
         else:
             link_or_copy(source, out)
@@ -174,7 +174,7 @@ def extract(archive: Path, dest: Path, max_bytes: int | None = None, max_ratio: 
         ``{"files": n, "bytes": n, "skipped": [...]}``; ``skipped`` lists OS metadata left out (``__MACOSX``, ``.DS_Store``).
 
     Raises:
-        ConfigError: naming the archive and the entry, for every unsafe or unreadable archive.
+        UserError: naming the archive and the entry, for every unsafe or unreadable archive.
     """
     max_bytes = MAX_BYTES if max_bytes is None else max_bytes  # module constants read per call: tests lower them
     budget = _Budget(archive, archive.stat().st_size, max_bytes, MAX_RATIO if max_ratio is None else max_ratio, cap_key)
@@ -191,7 +191,7 @@ def extract(archive: Path, dest: Path, max_bytes: int | None = None, max_ratio: 
                 _write(_tar_entries(tf, archive), dest, budget)
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, RuntimeError) as err:
         # RuntimeError: zipfile's "password required"; OSError: a truncated gzip stream or a full disk
-        raise ConfigError(f"{archive}: cannot be extracted ({err}); re-download or re-create the archive") from None
+        raise UserError(f"{archive}: cannot be extracted ({err}); re-download or re-create the archive") from None
     return {"files": budget.files, "bytes": budget.written, "skipped": budget.skipped}
 
 

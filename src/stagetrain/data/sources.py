@@ -22,8 +22,9 @@ import os
 import shutil
 from pathlib import Path
 
-from stagetrain.config import Config, ConfigError, DatasetSpec
+from stagetrain.config import Config, DatasetSpec
 from stagetrain.data import archive, synthetic
+from stagetrain.errors import UserError
 
 SOURCE_FILE = "source.json"
 ROBOFLOW_EXPORT_IDS = {"yolov5": "yolov5pytorch", "yolov7": "yolov7pytorch"}  # the SDK's short names -> API ids
@@ -44,7 +45,7 @@ def run(cfg: Config, dataset: str, out_dir: Path) -> dict:
         ``{"kind", "format", "files", "bytes", ...}``: what the CLI prints.
 
     Raises:
-        ConfigError: for a missing path or API key, an unsafe archive, or a refused download;
+        UserError: for a missing path or API key, an unsafe archive, or a refused download;
             the message names the params key or file and says how to fix it.
     """
     spec = cfg.datasets[dataset]
@@ -65,7 +66,7 @@ def run(cfg: Config, dataset: str, out_dir: Path) -> dict:
         _write_source(staged, summary)
         summary.update(_count(staged))
         if summary["files"] < 2:  # source.json alone
-            raise ConfigError(f"{cfg.source}: `datasets.{dataset}` holds no files; check its `{spec.kind}:` settings")
+            raise UserError(f"{cfg.source}: `datasets.{dataset}` holds no files; check its `{spec.kind}:` settings")
         if out_dir.exists():
             shutil.rmtree(out_dir)
         staged.rename(out_dir)
@@ -85,14 +86,14 @@ def _local(spec: DatasetSpec, scratch: Path, staged: Path, src: str) -> dict:
     summary = {"kind": "local", "format": spec.options["format"]}
     if not path.exists():
         where = f" (relative to {Path.cwd()})" if not path.is_absolute() else ""
-        raise ConfigError(f"{src}: `{key}` is {str(path)!r}, which does not exist{where}; fix the path or copy the dataset there")
+        raise UserError(f"{src}: `{key}` is {str(path)!r}, which does not exist{where}; fix the path or copy the dataset there")
     if path.is_dir():
         if scratch.resolve().is_relative_to(path.resolve()):  # copying would walk into its own copy
-            raise ConfigError(f"{src}: `{key}` is {str(path)!r}, which contains the output folder; point it at the dataset itself")
+            raise UserError(f"{src}: `{key}` is {str(path)!r}, which contains the output folder; point it at the dataset itself")
         _link_tree(path, staged, key, src)
         return summary
     if not archive.is_archive(path):
-        raise ConfigError(f"{src}: `{key}` is {str(path)!r}: neither a folder nor a {'/'.join(archive.SUFFIXES)} archive; point it at one")
+        raise UserError(f"{src}: `{key}` is {str(path)!r}: neither a folder nor a {'/'.join(archive.SUFFIXES)} archive; point it at one")
     unpacked = scratch / "unpacked"
     skipped = archive.extract(path, unpacked, _max_bytes(spec), cap_key=f"datasets.{spec.name}.local.max_gib")["skipped"]
     archive.unwrap(unpacked).rename(staged)
@@ -103,7 +104,7 @@ def _roboflow(spec: DatasetSpec, scratch: Path, staged: Path, src: str) -> dict:
     where = f"datasets.{spec.name}.roboflow"
     api_key = os.environ.get("ROBOFLOW_API_KEY", "").strip()
     if not api_key:
-        raise ConfigError(
+        raise UserError(
             f"{src}: `{where}` needs a Roboflow API key: export ROBOFLOW_API_KEY=<key> (app.roboflow.com -> Settings -> API Keys); "
             "it is read only from the environment, so it never lands in params.yaml, dvc.lock or git"
         )
@@ -114,7 +115,7 @@ def _roboflow(spec: DatasetSpec, scratch: Path, staged: Path, src: str) -> dict:
     try:
         link = _export_link(api_key, workspace, project, version, export_id)
         _fetch(link, zip_path, _max_bytes(spec) or archive.MAX_BYTES, f"{where}.max_gib")
-    except ConfigError:
+    except UserError:
         raise
     except Exception as err:  # noqa: BLE001 - the SDK raises bare RuntimeErrors; requests' messages carry the URL, key included
         import requests
@@ -122,11 +123,9 @@ def _roboflow(spec: DatasetSpec, scratch: Path, staged: Path, src: str) -> dict:
         reason = _redact(f"{type(err).__name__}: {err}", api_key, link)
         if isinstance(err, (requests.ConnectionError, requests.Timeout)):
             fix = "check the network (and API_URL, if you set it in the environment)"
-            raise ConfigError(f"{src}: `{where}`: cannot reach Roboflow ({reason}); {fix}") from None
+            raise UserError(f"{src}: `{where}`: cannot reach Roboflow ({reason}); {fix}") from None
         fix = f"check workspace, project and version against app.roboflow.com/{workspace}/{project}/{version}"
-        raise ConfigError(
-            f"{src}: `{where}`: Roboflow refused the export ({reason}); {fix}, and that ROBOFLOW_API_KEY can read it"
-        ) from None
+        raise UserError(f"{src}: `{where}`: Roboflow refused the export ({reason}); {fix}, and that ROBOFLOW_API_KEY can read it") from None
     unpacked = scratch / "unpacked"
     archive.extract(zip_path, unpacked, _max_bytes(spec), cap_key=f"{where}.max_gib")
     zip_path.unlink()
@@ -167,7 +166,7 @@ def _fetch(link: str, dest: Path, max_bytes: int, cap_key: str) -> None:
                 out.write(chunk)
                 bar.update(len(chunk))
                 if out.tell() > max_bytes:
-                    raise ConfigError(f"the Roboflow export is larger than {max_bytes / 2**30:.3g} GiB; raise `{cap_key}` in params.yaml")
+                    raise UserError(f"the Roboflow export is larger than {max_bytes / 2**30:.3g} GiB; raise `{cap_key}` in params.yaml")
 
 
 def _redact(text: str, *secrets: str) -> str:
@@ -203,9 +202,9 @@ def _link_tree(src_dir: Path, staged: Path, key: str, src: str) -> None:
         shutil.copytree(src_dir, staged, copy_function=archive.link_or_copy, ignore=shutil.ignore_patterns(*archive.JUNK))
     except shutil.Error as err:  # e.g. a dangling symlink or an unreadable file: copytree gathers them all
         problems = "; ".join(f"{s}: {why}" for s, _, why in err.args[0][:5])
-        raise ConfigError(f"{src}: `{key}` could not be copied: {problems}; fix or remove those files") from None
+        raise UserError(f"{src}: `{key}` could not be copied: {problems}; fix or remove those files") from None
     except OSError as err:  # the folder itself is unreadable
-        raise ConfigError(f"{src}: `{key}` could not be read: {err}") from None
+        raise UserError(f"{src}: `{key}` could not be read: {err}") from None
 
 
 def _write_source(staged: Path, summary: dict) -> None:

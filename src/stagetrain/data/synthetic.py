@@ -57,7 +57,9 @@ def _background(rng: np.random.Generator, size: int, domain: Domain) -> np.ndarr
     return img
 
 
-def _draw_cone(draw: ImageDraw.ImageDraw, rng: np.random.Generator, style: tuple, x: float, base_y: float, height: float) -> tuple[float, float, float, float]:
+def _draw_cone(
+    draw: ImageDraw.ImageDraw, rng: np.random.Generator, style: tuple, x: float, base_y: float, height: float
+) -> tuple[float, float, float, float]:
     body, stripe, stripes, _ = style
     jitter = rng.normal(0, 10, 3)
     body = tuple(int(np.clip(c + j, 0, 255)) for c, j in zip(body, jitter))
@@ -75,7 +77,9 @@ def _draw_cone(draw: ImageDraw.ImageDraw, rng: np.random.Generator, style: tuple
     return x - half_base * 1.15, top_y, x + half_base * 1.15, base_y
 
 
-def render(seed: int, domain: str, index: int, size: int, classes: tuple[str, ...]) -> tuple[Image.Image, list[tuple[int, float, float, float, float]]]:
+def render(
+    seed: int, domain: str, index: int, size: int, classes: tuple[str, ...]
+) -> tuple[Image.Image, list[tuple[int, float, float, float, float]]]:
     """Render one image and its YOLO boxes ``(class_id, xc, yc, w, h)``, normalised to ``[0, 1]``."""
     if domain not in DOMAINS:
         raise ValueError(f"unknown synthetic domain {domain!r}; use one of {', '.join(DOMAINS)}")

@@ -1,15 +1,21 @@
-"""Judge raw inputs the way training will read them: every image decoded, every label line checked.
+"""Judge raw inputs the way training will read them: every image decoded, every box placed inside it.
 
 Images: read once, content-hashed (for dedupe) and decoded in full from memory. A JPEG is decoded
 with libjpeg's 1/8 DCT scaling (``Image.draft``): every byte of entropy-coded data is still
 decoded, so truncation and corruption raise as they would at full size, at 0.5-0.65x the cost
-(measured in ``bench/organize.py``; the smaller figure for larger images). Sizes are the *displayed* size, after EXIF orientation, as
-Ultralytics' ``exif_size`` and OpenCV's reader see them. Files are never rewritten.
+(measured in ``bench/organize.py``; the smaller figure for larger images). Sizes are the *displayed*
+size, after EXIF orientation, as Ultralytics' ``exif_size`` and OpenCV's reader see them. Files are
+never rewritten.
 
-Labels: ``class xc yc w h`` normalised, or a polygon ``class x1 y1 ... xn yn`` (n >= 3) turned
-into its bounding box; CRLF and a UTF-8 BOM are fine. Boxes may overhang the image by
-:data:`TOLERANCE` of its size (as Ultralytics allows) and are then clipped, because Ultralytics
-rejects a whole label file with any coordinate outside ``[0, 1]`` after its own tolerance.
+Boxes (each format's reader in :mod:`stagetrain.data.formats` gives them) are normalised and placed
+inside the image, by how far they overhang it:
+
+* up to :data:`PIXEL_ROUNDING` (one pixel of the image): rounding, or a VOC exporter's 0-based
+  corners read with the devkit's 1-based convention; clamped to the border and not reported
+  (in YOLO text an overhang below :data:`ROUNDING` is left as written, so labels round-trip exactly);
+* up to :data:`TOLERANCE` of the image (as Ultralytics allows): clipped to the border, counted and
+  listed, because Ultralytics rejects a whole label file with a coordinate outside ``[0, 1]``;
+* further: a problem (the box does not belong to this image).
 """
 
 from __future__ import annotations
@@ -21,28 +27,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
-from xml.parsers import expat
 
 from PIL import Image, UnidentifiedImageError
 
+from stagetrain.data.formats.common import Box
+from stagetrain.data.formats.yolo import parse_label
+
+__all__ = ["Box", "ImageCheck", "Judged", "check_image", "file_digest", "judge_item", "place_boxes"]
+
 TOLERANCE = 0.01  # how far (as a fraction of the image) a box may overhang before it is an error
+PIXEL_ROUNDING = 1.0  # an overhang of at most this many pixels is rounding: clamped, not reported as clipped
 ROUNDING = 1e-6  # overhang from 6-decimal label text: left as written, so labels round-trip exactly
 MIN_SIDE = 10  # Ultralytics drops images smaller than this (check_image asserts > 9 px)
 EXIF_ORIENTATION = 0x0112
 TRAINABLE = {"JPEG", "MPO", "PNG", "BMP", "WEBP", "TIFF"}  # Pillow format names Ultralytics reads
 JPEG_END = b"\xff\xd9"
-
-
-@dataclass(frozen=True)
-class Box:
-    """One box as the source gives it: centre and size, normalised (YOLO) or in pixels (COCO, VOC)."""
-
-    name: str  # the source's class name
-    xc: float
-    yc: float
-    w: float
-    h: float
-    where: str  # `file:line` (or `file: annotation id N`) for messages
+Placed = tuple[str, float, float, float, float, str]  # (name, xc, yc, w, h, where), normalised and inside the image
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ def check_image(path: str | Path) -> ImageCheck:
             orientation = image.getexif().get(EXIF_ORIENTATION)
     except (UnidentifiedImageError, ImportError):  # ImportError: an opener Ultralytics registers (HEIF) probing without its module
         return ImageCheck(digest, 0, 0, "not an image (Pillow recognises no image format in it)")
-    except Exception as err:  # Pillow raises OSError, SyntaxError, ValueError, DecompressionBombError... on bad input
+    except Exception as err:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError, DecompressionBombError... on bad input
         return ImageCheck(digest, 0, 0, f"cannot be decoded, truncated or corrupt ({err}); re-export or delete it")
     if orientation in (5, 6, 7, 8):  # rotated by 90 or 270 degrees when displayed
         width, height = height, width
@@ -105,145 +105,50 @@ def check_image(path: str | Path) -> ImageCheck:
     return ImageCheck(digest, width, height, None)
 
 
-def parse_yolo_label(path: Path, names: Mapping[int, str]) -> tuple[list[Box], list[str], int]:
-    """Read a YOLO label file into normalised boxes.
-
-    Args:
-        path: the ``.txt`` label file.
-        names: the dataset's class id -> name (from its data.yaml).
-
-    Returns:
-        The boxes, the problems as ``file:line: reason``, and how many lines were polygons.
-    """
-    try:
-        text = path.read_bytes().decode("utf-8-sig")  # a BOM from Windows editors is harmless
-    except UnicodeDecodeError as err:
-        return [], [f"{path}: not UTF-8 text ({err.reason} at byte {err.start})"], 0
-    boxes, problems, polygons = [], [], 0
-    for lineno, line in enumerate(text.splitlines(), 1):  # splitlines: CRLF and CR too
-        parts = line.split()
-        if not parts:
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            values = [float(p) for p in parts]
-        except ValueError:
-            problems.append(f"{where}: not numbers: {line.strip()[:80]!r}")
-            continue
-        if not all(map(math.isfinite, values)):
-            problems.append(f"{where}: {line.strip()[:80]!r} holds a value that is not a finite number")
-            continue
-        if len(values) == 5:
-            cls, xc, yc, w, h = values
-        elif len(values) >= 7 and len(values) % 2:
-            cls, xs, ys = values[0], values[1::2], values[2::2]
-            xc, yc, w, h = (min(xs) + max(xs)) / 2, (min(ys) + max(ys)) / 2, max(xs) - min(xs), max(ys) - min(ys)
-            polygons += 1
-        else:
-            problems.append(f"{where}: expected 5 numbers (class xc yc w h) or a polygon (class x1 y1 x2 y2 x3 y3 ...), got {len(values)}")
-            continue
-        if cls != int(cls) or int(cls) not in names:
-            problems.append(f"{where}: class id {parts[0]} is not one of 0..{max(names)} (the classes in the dataset's data.yaml)")
-            continue
-        boxes.append(Box(names[int(cls)], xc, yc, w, h, where))
-    return boxes, problems, polygons
+def _overhang(x0: float, y0: float, x1: float, y1: float) -> tuple[float, float]:
+    """How far (normalised) a box reaches past the image's left/right and top/bottom borders."""
+    return max(-x0, x1 - 1, 0.0), max(-y0, y1 - 1, 0.0)
 
 
-def coco_box(annotation: dict, categories: Mapping[object, str], where: str) -> Box | str:
-    """One COCO annotation (``bbox`` = ``[x, y, w, h]`` in pixels) as a :class:`Box`, or the problem with it."""
-    bbox, category = annotation.get("bbox"), annotation.get("category_id")
-    if category not in categories:
-        return f"{where}: category_id {category} is not in `categories`"
-    if not (isinstance(bbox, list) and len(bbox) == 4 and all(type(v) in (int, float) for v in bbox)):
-        return f"{where}: bbox {bbox!r} is not 4 numbers [x, y, w, h]"
-    x, y, w, h = map(float, bbox)
-    return Box(categories[category], x + w / 2, y + h / 2, w, h, where)
-
-
-def read_voc_xml(path: Path) -> tuple[dict[str, str], list[Box], list[str]]:
-    """A Pascal VOC annotation: its ``<filename>``/``<size>`` fields, boxes in pixels, and problems as ``file:line``.
-
-    Parsed with expat because ElementTree keeps no line numbers; ``<part>`` boxes inside an object are ignored.
-    """
-    parser, stack, text = expat.ParserCreate(), [], []
-    info: dict[str, str] = {}
-    objects: list[dict] = []
-
-    def start(tag: str, _attrs: dict) -> None:
-        stack.append(tag)
-        text.clear()
-        if tag == "object":
-            objects.append({"line": parser.CurrentLineNumber})
-
-    def end(tag: str) -> None:
-        value, _ = "".join(text).strip(), stack.pop()
-        text.clear()
-        parent = stack[-2:] if len(stack) > 1 else ["", *stack]
-        if parent[-1] == "object" and tag == "name" and objects:
-            objects[-1]["name"] = value
-        elif parent == ["object", "bndbox"] and objects:
-            objects[-1][tag] = value
-        elif parent[-1] in ("annotation", "size") and tag in ("filename", "width", "height"):
-            info[tag] = value
-
-    parser.StartElementHandler, parser.EndElementHandler, parser.CharacterDataHandler = start, end, text.append
-    try:
-        parser.Parse(path.read_bytes(), True)
-    except expat.ExpatError as err:
-        return info, [], [f"{path}:{err.lineno}: not valid XML ({expat.ErrorString(err.code)})"]
-    boxes, problems = [], []
-    for obj in objects:
-        where, coords = f"{path}:{obj['line']}", [obj.get(k) for k in ("xmin", "ymin", "xmax", "ymax")]
-        try:
-            x0, y0, x1, y1 = map(float, coords)
-        except (TypeError, ValueError):
-            problems.append(f"{where}: <object> needs <bndbox> with numbers xmin ymin xmax ymax, got {coords}")
-            continue
-        if not obj.get("name"):
-            problems.append(f"{where}: <object> has no <name>")
-            continue
-        # as Ultralytics' VOC.yaml converts: VOC pixel indices are 1-based, hence the -1 on the centre
-        boxes.append(Box(obj["name"], (x0 + x1) / 2 - 1, (y0 + y1) / 2 - 1, x1 - x0, y1 - y0, where))
-    return info, boxes, problems
-
-
-def place_boxes(
-    boxes: list[Box], pixel_size: tuple[int, int] | None
-) -> tuple[list[tuple[str, float, float, float, float]], list[str], int]:
+def place_boxes(boxes: list[Box], size: tuple[int, int], pixels: bool) -> tuple[list[Placed], list[str], list[dict]]:
     """Normalise (when in pixels), check and clip boxes to the image.
 
     Args:
         boxes: the source's boxes.
-        pixel_size: the image's displayed ``(width, height)`` when the boxes are in pixels, else None.
+        size: the image's displayed ``(width, height)``.
+        pixels: True when the boxes are in pixels (COCO, VOC), False when normalised (YOLO).
 
     Returns:
-        ``(name, xc, yc, w, h)`` normalised and inside ``[0, 1]``, the problems, and how many were clipped.
+        ``(name, xc, yc, w, h, where)`` normalised and inside ``[0, 1]``, the problems, and one entry per
+        box clipped by more than rounding (``where``, ``class``, ``box`` as given, ``clipped_to``).
     """
-    placed, problems, clipped = [], [], 0
+    placed, problems, clipped = [], [], []
+    slack_x, slack_y = PIXEL_ROUNDING / size[0], PIXEL_ROUNDING / size[1]
     for box in boxes:
         xc, yc, w, h = box.xc, box.yc, box.w, box.h
-        if pixel_size:
-            xc, w, yc, h = xc / pixel_size[0], w / pixel_size[0], yc / pixel_size[1], h / pixel_size[1]
-        unit = "px" if pixel_size else "normalised"
-        shown = f"(xc yc w h, {unit}) {box.xc:.6g} {box.yc:.6g} {box.w:.6g} {box.h:.6g}"
+        if pixels:
+            xc, w, yc, h = xc / size[0], w / size[0], yc / size[1], h / size[1]
+        shown = f"(xc yc w h, {'px' if pixels else 'normalised'}) {box.xc:.6g} {box.yc:.6g} {box.w:.6g} {box.h:.6g}"
         if not all(map(math.isfinite, (xc, yc, w, h))):
             problems.append(f"{box.where}: box {shown} holds a value that is not a finite number")
             continue
         if w <= 0 or h <= 0:
-            problems.append(f"{box.where}: box {shown} has zero size")
+            problems.append(f"{box.where}: box {shown} has {'zero' if min(w, h) == 0 else 'negative'} size")
             continue
         x0, y0, x1, y1 = xc - w / 2, yc - h / 2, xc + w / 2, yc + h / 2
-        if min(x0, y0) < -TOLERANCE or max(x1, y1) > 1 + TOLERANCE:
+        over_x, over_y = _overhang(x0, y0, x1, y1)
+        if over_x > max(TOLERANCE, slack_x) or over_y > max(TOLERANCE, slack_y):
             problems.append(f"{box.where}: box {shown} lies outside the image (by more than {TOLERANCE:g} of its size)")
             continue
-        if min(x0, y0) < -ROUNDING or max(x1, y1) > 1 + ROUNDING:
+        if max(over_x, over_y) > (0.0 if pixels else ROUNDING):
             x0, y0, x1, y1 = max(x0, 0.0), max(y0, 0.0), min(x1, 1.0), min(y1, 1.0)
             if x1 <= x0 or y1 <= y0:
                 problems.append(f"{box.where}: box {shown} lies in the margin outside the image")
                 continue
             xc, yc, w, h = (x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0
-            clipped += 1
-        placed.append((box.name, xc, yc, w, h))
+            if over_x > slack_x + 1e-12 or over_y > slack_y + 1e-12:  # 1e-12: the float error of the division above
+                clipped.append({"where": box.where, "class": box.name, "box": shown, "clipped_to": f"{xc:.6f} {yc:.6f} {w:.6f} {h:.6f}"})
+        placed.append((box.name, xc, yc, w, h, box.where))
     return placed, problems, clipped
 
 
@@ -251,10 +156,10 @@ class Judged(NamedTuple):
     """Everything :func:`judge_item` learnt about one image and its annotation."""
 
     check: ImageCheck
-    boxes: list[tuple[str, float, float, float, float]]  # (name, xc, yc, w, h), normalised and inside the image
+    boxes: list[Placed]  # (name, xc, yc, w, h, where), normalised and inside the image
     problems: list[str]  # as ``file[:line]: reason``; any problem makes the image unusable
     polygons: int  # polygon lines turned into boxes
-    clipped: int  # boxes clipped to the image
+    clipped: list[dict]  # boxes clipped to the image by more than rounding, each with its file
 
 
 def judge_item(
@@ -282,15 +187,15 @@ def judge_item(
         pixels: True when ``boxes`` are in pixels and need the image's displayed size.
     """
     check = check_image(image)
-    parsed, found, polygons = parse_yolo_label(Path(label), names) if label else ([], [], 0)
+    parsed, found, polygons = parse_label(Path(label), names) if label else ([], [], 0)
     boxes, problems = boxes + parsed, problems + found
     if check.problem:
-        return Judged(check, [], [f"{image}: {check.problem}", *problems], polygons, 0)
+        return Judged(check, [], [f"{image}: {check.problem}", *problems], polygons, [])
     size = (check.width, check.height)
     if declared_size and all(declared_size) and declared_size != size:
         problems.append(
             f"{image}: its annotation is for a {declared_size[0]}x{declared_size[1]} image but it displays as {size[0]}x{size[1]} "
             "(after EXIF orientation); the boxes would miss: re-export the annotations"
         )
-    placed, box_problems, clipped = place_boxes(boxes, size if pixels else None)
-    return Judged(check, placed, problems + box_problems, polygons, clipped)
+    placed, box_problems, clipped = place_boxes(boxes, size, pixels)
+    return Judged(check, placed, problems + box_problems, polygons, [{"file": image, **entry} for entry in clipped])

@@ -24,9 +24,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from stagetrain.config import Config, ConfigError, DistillSpec
+from stagetrain import ultra
+from stagetrain.config import Config, DistillSpec
+from stagetrain.errors import UserError
 from stagetrain.train import checkpoint
-from stagetrain.train.resume import AtomicCheckpointTrainer
 
 # The logit spec travels in the environment: Ultralytics rebuilds the trainer from its arguments alone
 # in DDP workers and on resume, and refuses arguments it does not know.
@@ -34,10 +35,7 @@ SPEC_ENV = "STAGETRAIN_LOGIT_DISTILL"
 LOSS_NAMES = ("kd_cls_loss", "kd_box_loss")
 
 
-def head_outputs(preds: Any) -> dict[str, torch.Tensor]:
-    """The raw head dict ({boxes, scores, feats}) from a train-mode dict or an eval-mode (y, dict) tuple."""
-    preds = preds[1] if isinstance(preds, (tuple, list)) else preds
-    return preds.get("one2many", preds)  # end-to-end heads (YOLO26): distil the dense branch
+head_outputs = ultra.head_outputs  # {boxes, scores, feats} of a head's raw output; end-to-end heads (YOLO26): the dense branch
 
 
 def _bernoulli_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
@@ -114,29 +112,29 @@ def check_pair(cfg: Config, stage_name: str, student: torch.nn.Module, teacher_p
     teacher = checkpoint.model_of(checkpoint.read(teacher_path))
     checkpoint.check_class_names(teacher_path, cfg.classes, teacher)
     where = f"{cfg.source}: `stages.{stage_name}.teacher: {spec.teacher}` ({teacher_path})"
-    s_stride, t_stride = (m.stride.tolist() for m in (student, teacher))
+    s_stride, t_stride = (ultra.strides(m) for m in (student, teacher))
     if s_stride != t_stride:
-        raise ConfigError(f"{where} has strides {t_stride}, the student {s_stride}; distil between detectors with the same strides")
+        raise UserError(f"{where} has strides {t_stride}, the student {s_stride}; distil between detectors with the same strides")
     if spec.distill.kind == "logit":
-        s_bins, t_bins = (getattr(m.model[-1], "reg_max", None) for m in (student, teacher))
+        s_bins, t_bins = (ultra.dfl_bins(m) for m in (student, teacher))
         if s_bins != t_bins:
-            raise ConfigError(f"{where} predicts {t_bins} DFL bins per box side, the student {s_bins}; use `kind: feature` or a matching teacher")
+            raise UserError(
+                f"{where} predicts {t_bins} DFL bins per box side, the student {s_bins}; use `kind: feature` or a matching teacher"
+            )
 
 
-class LogitDistillTrainer(AtomicCheckpointTrainer):
+class LogitDistillTrainer(ultra.AtomicCheckpointTrainer):
     """A DetectionTrainer whose training model's criterion adds the logit KD terms.
 
     The criterion is installed after Ultralytics' set-up, so the EMA (and, on resume, the restored
     EMA) is copied from a student without a teacher. Module-level so DDP workers can import it.
     """
 
-    def _setup_train(self) -> None:
-        super()._setup_train()
+    def after_setup(self) -> None:
         spec = json.loads(os.environ[SPEC_ENV])
-        student = self.model.module if hasattr(self.model, "module") else self.model  # DDP wraps it
         teacher = load_teacher(Path(spec["teacher"]), self.device)
         distill = DistillSpec(kind="logit", weight=spec["lambda"], temperature=spec["temperature"])
-        student.criterion = LogitDistillLoss(student.init_criterion(), teacher, distill)
+        ultra.wrap_criterion(self, lambda detection: LogitDistillLoss(detection, teacher, distill))
 
 
 def logit_env(teacher: Path, spec: DistillSpec) -> dict[str, str]:

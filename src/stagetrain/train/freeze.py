@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from stagetrain import ultra
+
 FREEZE_LEVELS = {
     0: "nothing frozen",
     1: "backbone frozen",
@@ -19,9 +21,9 @@ def frozen_layers(model: nn.Module, level: int) -> list[int]:
     """
     if level not in FREEZE_LEVELS:
         raise ValueError(f"freeze_level {level} is not one of {sorted(FREEZE_LEVELS)}")
-    n_layers = len(model.model)
+    backbone, n_layers = ultra.layer_counts(model)
     if level == 2:
         return list(range(n_layers - 1))
     if level == 1:
-        return list(range(len(model.yaml["backbone"])))
+        return list(range(backbone))
     return []

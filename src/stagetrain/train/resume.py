@@ -21,11 +21,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stagetrain import ultra  # noqa: F401  (hermetic set-up before Ultralytics is imported)
-from stagetrain.config import ConfigError
-from ultralytics.models.yolo.detect import DetectionTrainer
+from stagetrain import ultra
+from stagetrain.errors import UserError
 
-CODE_FILES = ("config.py", "ultra.py", "train/runner.py", "train/resume.py", "train/freeze.py", "train/checkpoint.py", "train/distill.py")
+# Every file of the package that stages/train.py loads (tests/test_deps.py checks it), relative to PACKAGE_DIR.
+CODE_FILES = (
+    "__init__.py",
+    "errors.py",
+    "ultra.py",
+    "config/__init__.py",
+    "config/checks.py",
+    "config/datasets.py",
+    "config/graph.py",
+    "config/load.py",
+    "config/schema.py",
+    "config/stages.py",
+    "config/ultralytics_args.py",
+    "train/__init__.py",
+    "train/runner.py",
+    "train/resume.py",
+    "train/freeze.py",
+    "train/checkpoint.py",
+    "train/distill.py",
+)
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 
@@ -51,8 +69,6 @@ def dataset_digest(data_yaml: Path) -> str:
 
 def fingerprint(train_args: dict[str, Any], upstream: Path, data_yaml: Path, teacher: Path | None = None, distill: Any = None) -> str:
     """Hash of everything a stage's result depends on (see the module docstring)."""
-    import ultralytics
-
     parts = {
         "args": train_args,
         "upstream": _sha256_file(upstream).hexdigest(),
@@ -60,7 +76,7 @@ def fingerprint(train_args: dict[str, Any], upstream: Path, data_yaml: Path, tea
         "distill": distill,
         "data": dataset_digest(data_yaml),
         "code": {name: _sha256_file(PACKAGE_DIR / name).hexdigest() for name in CODE_FILES},
-        "ultralytics": ultralytics.__version__,
+        "ultralytics": ultra.installed_version(),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -95,10 +111,10 @@ class RunState:
 
         try:
             ckpt = read(self.last)
-        except Exception:  # a torn file cannot happen with atomic saves, but never trust it blindly
+        except Exception:  # noqa: BLE001  (a torn file cannot happen with atomic saves, but never trust it blindly)
             return None
-        completed = int(ckpt.get("epoch", -1)) + 1
-        if ckpt.get("optimizer") is None or not 0 < completed < epochs:
+        completed, resumable = ultra.checkpoint_progress(ckpt)
+        if not resumable or not 0 < completed < epochs:
             return None  # stripped (finished) or not started: nothing to resume
         return completed
 
@@ -118,7 +134,7 @@ class RunState:
             except BlockingIOError:
                 handle.seek(0)
                 holder = handle.read().strip() or "another process"
-                raise ConfigError(
+                raise UserError(
                     f"{self.work_dir}: {holder} is still training this stage (an orphan of a killed run?); "
                     "wait for it to finish or kill it, then rerun"
                 ) from None
@@ -138,22 +154,5 @@ class RunState:
         (self.work_dir / "fingerprint.json").write_text(json.dumps({"fingerprint": self.fingerprint}) + "\n")
 
 
-class AtomicCheckpointTrainer(DetectionTrainer):
-    """A DetectionTrainer whose checkpoints are written to a temp file and renamed into place.
-
-    Ultralytics writes ``last.pt`` with a plain ``write_bytes``: a kill mid-write leaves a torn file.
-    Module-level so that Ultralytics' DDP launcher can import it in its worker processes.
-    """
-
-    def save_model(self):
-        final = {"last": self.last, "best": self.best}
-        self.last, self.best = (p.with_name(f".{p.name}.tmp") for p in (self.last, self.best))
-        try:
-            saved = super().save_model()
-        finally:
-            for key, target in final.items():
-                tmp = getattr(self, key)
-                if tmp.exists():
-                    os.replace(tmp, target)
-                setattr(self, key, target)
-        return saved
+# Ultralytics' DetectionTrainer with atomic checkpoint writes (defined in ultra.py, beside the other overrides).
+AtomicCheckpointTrainer = ultra.AtomicCheckpointTrainer

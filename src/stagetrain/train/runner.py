@@ -17,16 +17,12 @@ from typing import Any
 
 import yaml
 
-from stagetrain.config import Config, ConfigError
+from stagetrain import ultra
+from stagetrain.config import Config
+from stagetrain.errors import UserError
 from stagetrain.train import checkpoint, distill, resume
 from stagetrain.train.freeze import frozen_layers
 
-METRIC_KEYS = {  # Ultralytics' validator keys -> our flat names
-    "metrics/precision(B)": "precision",
-    "metrics/recall(B)": "recall",
-    "metrics/mAP50(B)": "mAP50",
-    "metrics/mAP50-95(B)": "mAP50-95",
-}
 PATH_ARGS = ("data", "model", "project", "name", "save_dir")  # host paths never written to outputs
 KD_LOSSES_IN_VAL = ("val/dis_loss", *(f"val/{name}" for name in distill.LOSS_NAMES))  # distillation runs in training only: always 0 in val
 
@@ -47,32 +43,26 @@ def effective_args(cfg: Config, stage_name: str, data_yaml: Path, freeze: list[i
 
 
 class _LiveLogger:
-    """Ultralytics callbacks -> one dvclive step per completed epoch, and the final best.pt metrics."""
+    """One dvclive step per completed epoch (losses, val scores, learning rates), and the final best.pt metrics."""
 
     def __init__(self, live_dir: Path, resume: bool) -> None:
         from dvclive import Live
 
         self.live = Live(dir=str(live_dir), resume=resume, save_dvc_exp=False, dvcyaml=None, report=None)
-        self.epoch_pending = False
         self.final_metrics: dict[str, float] = {}
         self.epochs_run = 0
 
-    def on_train_epoch_end(self, trainer) -> None:
-        self.epoch_pending = True
-
-    def on_fit_epoch_end(self, trainer) -> None:
-        metrics = {METRIC_KEYS.get(k, k): float(v) for k, v in (trainer.metrics or {}).items()}
-        if not self.epoch_pending:  # Ultralytics calls this once more after training, for best.pt
-            self.final_metrics = metrics
-            return
-        self.epoch_pending = False
-        self.epochs_run = trainer.epoch + 1
-        losses = trainer.label_loss_items(trainer.tloss, prefix="train")
+    def epoch_end(self, trainer) -> None:
+        self.epochs_run = ultra.epochs_completed(trainer)
+        metrics = {ultra.BOX_METRICS.get(k, k): v for k, v in ultra.val_metrics(trainer).items()}
         scores = {name if "/" in name else f"val/{name}": value for name, value in metrics.items() if name not in KD_LOSSES_IN_VAL}
-        self.live.step = trainer.epoch  # explicit: a resumed run continues the same curve
-        for name, value in {**losses, **scores, **trainer.lr}.items():
+        self.live.step = self.epochs_run - 1  # explicit: a resumed run continues the same curve
+        for name, value in {**ultra.epoch_losses(trainer), **scores, **ultra.learning_rates(trainer)}.items():
             self.live.log_metric(name, float(value))
         self.live.next_step()
+
+    def final(self, trainer) -> None:
+        self.final_metrics = {ultra.BOX_METRICS.get(k, k): v for k, v in ultra.val_metrics(trainer).items()}
 
 
 def _portable(args: dict[str, Any], upstream: Path) -> dict[str, Any]:
@@ -90,7 +80,9 @@ def _distillation(cfg: Config, stage_name: str, student: Any, teacher: Path | No
     if spec is None:
         return resume.AtomicCheckpointTrainer, {}
     if teacher is None or not teacher.exists():
-        raise ConfigError(f"{cfg.source}: `stages.{stage_name}` distils, but its teacher checkpoint {teacher} does not exist; run its stage first")
+        raise UserError(
+            f"{cfg.source}: `stages.{stage_name}` distils, but its teacher checkpoint {teacher} does not exist; run its stage first"
+        )
     distill.check_pair(cfg, stage_name, student, teacher)
     if spec.kind == "feature":
         args.update(distill_model=str(teacher), dis=spec.weight)
@@ -98,8 +90,44 @@ def _distillation(cfg: Config, stage_name: str, student: Any, teacher: Path | No
     return distill.LogitDistillTrainer, distill.logit_env(teacher, spec)
 
 
+def _train(
+    model: Any, state: resume.RunState, trainer_class: type, args: dict[str, Any], resumed_from: int | None
+) -> tuple[Any, _LiveLogger]:
+    """Train (or resume) in ``state``'s run dir with our logger attached; returns the trainer and the logger."""
+    if resumed_from is not None:
+        model = ultra.YOLO(str(state.last))
+    logger = _LiveLogger(state.live_dir, resume=resumed_from is not None)
+    ultra.on_epochs(model, logger.epoch_end, logger.final)
+    run_args = {"project": str(state.run_dir.parent.resolve()), "name": state.run_dir.name, "exist_ok": True, "verbose": False}
+    if resumed_from is None:
+        model.train(trainer=trainer_class, **args, **run_args)
+    else:
+        model.train(trainer=trainer_class, resume=True, **run_args)
+    logger.live.end()
+    return model.trainer, logger
+
+
+def _write_outputs(trainer: Any, effective: dict[str, Any], out_dir: Path, live_dir: Path, state: resume.RunState) -> None:
+    """best.pt, last.pt and args.yaml without host paths, and the dvclive plots; the run folder is removed."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("best.pt", "last.pt"):
+        checkpoint.write_portable(checkpoint.read(ultra.weights_dir(trainer) / name), out_dir / name, effective)
+    (out_dir / "args.yaml").write_text(yaml.safe_dump(effective, sort_keys=True))
+    if live_dir.exists():
+        shutil.rmtree(live_dir)
+    shutil.copytree(state.live_dir / "plots", live_dir / "plots")  # metrics.json: metrics/<stage>.json is the summary
+    shutil.rmtree(state.work_dir, ignore_errors=True)
+
+
 def run(
-    cfg: Config, stage_name: str, data_yaml: Path, upstream: Path, out_dir: Path, live_dir: Path, work_dir: Path, teacher: Path | None = None
+    cfg: Config,
+    stage_name: str,
+    data_yaml: Path,
+    upstream: Path,
+    out_dir: Path,
+    live_dir: Path,
+    work_dir: Path,
+    teacher: Path | None = None,
 ) -> dict:
     """Train ``stage_name`` from ``upstream`` and write best.pt, last.pt, args.yaml to ``out_dir``.
 
@@ -108,13 +136,12 @@ def run(
     ``teacher`` is the checkpoint a stage with a ``distill:`` block learns from (ignored otherwise).
     Returns the stage's final val metrics (of best.pt) plus epochs and wall time.
     """
-    from stagetrain.ultra import YOLO, resolve_device
-
     stage = cfg.stages[stage_name]
-    model = YOLO(str(upstream))
+    model = ultra.YOLO(str(upstream))
+    ultra.check_arch(model.model.yaml, f"{cfg.source}: `stages.{stage_name}.from: {stage.upstream}` ({upstream})")
     checkpoint.check_class_names(upstream, cfg.classes, model.model)
     freeze = frozen_layers(model.model, stage.freeze_level)
-    args = effective_args(cfg, stage_name, data_yaml, freeze, resolve_device(stage.train_args.get("device")))
+    args = effective_args(cfg, stage_name, data_yaml, freeze, ultra.resolve_device(stage.train_args.get("device")))
     trainer_class, env = _distillation(cfg, stage_name, model.model, teacher, args)
     os.environ.update(env)
 
@@ -124,36 +151,15 @@ def run(
         resumed_from = state.resumable_epoch(int(args.get("epochs", 100)))
         if resumed_from is None:
             state.start_fresh()
-        else:
-            model = YOLO(str(state.last))
-        logger = _LiveLogger(state.live_dir, resume=resumed_from is not None)
-        for event in ("on_train_epoch_end", "on_fit_epoch_end"):
-            model.add_callback(event, getattr(logger, event))
-
         started = time.perf_counter()
-        run_args = {"project": str(state.run_dir.parent.resolve()), "name": state.run_dir.name, "exist_ok": True, "verbose": False}
-        if resumed_from is None:
-            model.train(trainer=trainer_class, **args, **run_args)
-        else:
-            model.train(trainer=trainer_class, resume=True, **run_args)
-        logger.live.end()
+        trainer, logger = _train(model, state, trainer_class, args, resumed_from)
         seconds = time.perf_counter() - started
-
-        trainer = model.trainer
-        effective = _portable({**vars(trainer.args), "freeze": freeze}, upstream)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for name in ("best.pt", "last.pt"):
-            checkpoint.write_portable(checkpoint.read(trainer.wdir / name), out_dir / name, effective)
-        (out_dir / "args.yaml").write_text(yaml.safe_dump(effective, sort_keys=True))
-        if live_dir.exists():
-            shutil.rmtree(live_dir)
-        shutil.copytree(state.live_dir / "plots", live_dir / "plots")  # metrics.json: metrics/<stage>.json is the summary
-        shutil.rmtree(state.work_dir, ignore_errors=True)
+        _write_outputs(trainer, _portable({**ultra.trainer_args(trainer), "freeze": freeze}, upstream), out_dir, live_dir, state)
     return {
-        **{key: round(logger.final_metrics.get(key, 0.0), 6) for key in METRIC_KEYS.values()},
+        **{key: round(logger.final_metrics.get(key, 0.0), 6) for key in ultra.BOX_METRICS.values()},
         "epochs_run": logger.epochs_run,
         "resumed_from_epoch": resumed_from,
-        "best_epoch": trainer.stopper.best_epoch,
+        "best_epoch": ultra.best_epoch(trainer),
         "seconds": round(seconds, 1),
         "freeze_level": stage.freeze_level,
         "frozen_layers": len(freeze),

@@ -4,7 +4,9 @@ DVC records running commands in ``.dvc/tmp/rwlock``. After a hard kill the file 
 PIDs; DVC drops dead ones itself, but after a reboot or in a container the same PIDs are often
 alive again as *other* processes, and DVC then refuses to run ("is busy, it is being blocked by").
 ``make unlock`` removes the file only when none of the processes it names is a live DVC process;
-then ``dvc repro`` resumes interrupted training stages from their last completed epoch.
+then ``dvc repro`` resumes interrupted training stages from their last completed epoch. Usage::
+
+    python -m stagetrain.tools.unlock [REPO]      # REPO: the DVC repo's root, default the current directory
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import sys
 from pathlib import Path
 
 import psutil
+
+from stagetrain.errors import UserError
 
 
 def _holders(lock: dict) -> list[dict]:
@@ -32,7 +36,7 @@ def _is_live_dvc(pid: int) -> bool:
 
 
 def unlock(repo: Path = Path(".")) -> str:
-    """Remove a stale ``.dvc/tmp/rwlock``; raise RuntimeError if a live DVC process holds it."""
+    """Remove a stale ``.dvc/tmp/rwlock``; raise UserError if a live DVC process holds it."""
     path = repo / ".dvc" / "tmp" / "rwlock"
     if not path.exists():
         return f"{path}: no lock file, nothing to do"
@@ -43,7 +47,7 @@ def unlock(repo: Path = Path(".")) -> str:
     live = {h["pid"]: h for h in holders if _is_live_dvc(int(h["pid"]))}.values()
     if live:
         names = "\n".join(f"  PID {h['pid']}: {h['cmd']}" for h in live)
-        raise RuntimeError(f"{path}: still held by running DVC processes; stop them first or wait:\n{names}")
+        raise UserError(f"{path}: still held by running DVC processes; stop them first or wait:\n{names}")
     path.unlink()
     return f"{path}: removed (held by {len(holders)} dead process entries); run `dvc repro` to resume"
 
@@ -51,7 +55,7 @@ def unlock(repo: Path = Path(".")) -> str:
 def main() -> None:
     try:
         print(unlock(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(".")))
-    except RuntimeError as err:
+    except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
 

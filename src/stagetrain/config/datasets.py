@@ -1,0 +1,84 @@
+"""``datasets:``: where each dataset comes from (synthetic, Roboflow, a local folder or archive) and its class map."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+from stagetrain.config.checks import at_least, check_keys, name, one_of, require, suggest, typed
+from stagetrain.config.schema import DATASET_KINDS, SYNTHETIC_DOMAINS, DatasetSpec
+from stagetrain.errors import UserError
+
+# Formats organize reads. Roboflow's are its export ids (the SDK maps yolov5/yolov7 to yolov5pytorch/
+# yolov7pytorch); a local source names its layout, or `auto` lets organize detect it.
+ROBOFLOW_FORMATS = ("yolov8", "yolov5", "yolov7", "yolov9", "yolov11", "yolov12", "coco", "voc")
+LOCAL_FORMATS = ("auto", "roboflow", "yolo", "coco", "voc")
+
+
+def _synthetic(options: Mapping[str, Any], where: str, src: str) -> None:
+    check_keys(options, ("images", "size", "domain"), where, src)
+    for key in ("images", "size"):
+        at_least(require(options, key, int, where, src), 1, f"{where}.{key}", src)
+    one_of(require(options, "domain", str, where, src), SYNTHETIC_DOMAINS, f"{where}.domain", src)
+
+
+def _roboflow(options: Mapping[str, Any], where: str, src: str) -> None:
+    check_keys(options, ("workspace", "project", "version", "format", "max_gib"), where, src)
+    for key in ("workspace", "project"):
+        slug = require(options, key, str, where, src)
+        if not slug.strip() or "/" in slug:
+            raise UserError(
+                f"{src}: `{where}.{key}` is {slug!r}; use the slug in the dataset's URL app.roboflow.com/<workspace>/<project>/<version>"
+            )
+    if require(options, "version", int, where, src) < 1:
+        raise UserError(f"{src}: `{where}.version` must be >= 1 (the number at the end of the dataset's Roboflow URL)")
+
+
+def _local(options: Mapping[str, Any], where: str, src: str) -> None:
+    check_keys(options, ("path", "format", "max_gib"), where, src)
+    if not require(options, "path", str, where, src).strip():
+        raise UserError(f"{src}: `{where}.path` is empty; name a dataset folder or a .zip/.tar.gz/.tgz/.tar file")
+
+
+def _downloaded(options: Mapping[str, Any], kind: str, where: str, src: str) -> dict[str, Any]:
+    """Options of a dataset organize reads from files: its format (defaulted) and unpacked-size cap."""
+    formats = ROBOFLOW_FORMATS if kind == "roboflow" else LOCAL_FORMATS
+    fmt = typed(options.get("format", formats[0]), str, f"{where}.format", src)
+    if fmt not in formats:
+        hint = suggest(fmt, formats) or "use one of: " + ", ".join(formats)
+        raise UserError(f"{src}: `{where}.format` is {fmt!r}; {hint}")
+    if "max_gib" in options:
+        at_least(
+            typed(options["max_gib"], float, f"{where}.max_gib", src), 0, f"{where}.max_gib", src, "cap on the unpacked size, in GiB", True
+        )
+    return {**options, "format": fmt}
+
+
+def class_map(raw: Any, classes: tuple[str, ...], where: str, src: str) -> dict[str, str | None]:
+    """``dataset name -> canonical name or None``; every target must be a canonical class (or null to drop)."""
+    out = {}
+    for key, target in typed(raw if raw is not None else {}, dict, where, src).items():
+        if target is not None and (not isinstance(target, str) or target not in classes):
+            hint = suggest(target, classes) if isinstance(target, str) else None
+            raise UserError(
+                f"{src}: `{where}.{key}` maps to {target!r}, which is not a canonical class; "
+                f"use one of {', '.join(classes)}, or null to drop the class" + (f"; {hint}" if hint else "")
+            )
+        out[str(key)] = target
+    return out
+
+
+def dataset(key: Any, raw: Any, classes: tuple[str, ...], src: str) -> DatasetSpec:
+    path = f"datasets.{key}"
+    dataset_name = name(key, path, src)
+    raw = typed(raw, dict, path, src)
+    check_keys(raw, ("kind", *DATASET_KINDS, "class_map"), path, src)
+    kind = require(raw, "kind", str, path, src)
+    one_of(kind, DATASET_KINDS, f"{path}.kind", src)
+    options = require(raw, kind, dict, path, src)
+    {"synthetic": _synthetic, "roboflow": _roboflow, "local": _local}[kind](options, f"{path}.{kind}", src)
+    if kind != "synthetic":
+        options = _downloaded(options, kind, f"{path}.{kind}", src)
+    mapping = class_map(raw.get("class_map"), classes, f"{path}.class_map", src)
+    return DatasetSpec(dataset_name, kind, MappingProxyType(dict(options)), MappingProxyType(mapping))

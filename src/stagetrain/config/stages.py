@@ -1,0 +1,95 @@
+"""``train:`` and ``stages:``: each stage's own keys, its effective Ultralytics arguments, distillation and loss gains."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+from stagetrain.config.checks import at_least, check_keys, name, one_of, require, typed
+from stagetrain.config.schema import DISTILL_KINDS, LOSS_TERMS, REQUIRED_STAGE_KEYS, STAGE_KEYS, DistillSpec, StageSpec
+from stagetrain.config.ultralytics_args import ultralytics_args, ultralytics_defaults
+from stagetrain.errors import UserError
+
+FREEZE_LEVELS = {0: "train all", 1: "backbone frozen", 2: "head only"}
+
+
+def stage(key: Any, raw: Any, train: Mapping[str, Any], src: str) -> StageSpec:
+    """One ``stages.<name>`` block, its Ultralytics arguments merged over the ``train`` defaults."""
+    path = f"stages.{key}"
+    stage_name = name(key, path, src)
+    raw = typed(raw, dict, path, src)
+    if "teacher" not in raw:
+        raise UserError(
+            f"{src}: missing key `{path}.teacher`; every stage names one (DVC needs the key on every stage): "
+            f"its `from` ({raw.get('from')!r}) unless it has a `distill:` block"
+        )
+    for required in REQUIRED_STAGE_KEYS:
+        name(require(raw, required, str, path, src), f"{path}.{required}", src)
+    freeze_level = typed(raw.get("freeze_level", 0), int, f"{path}.freeze_level", src)
+    if freeze_level not in FREEZE_LEVELS:
+        levels = ", ".join(f"{k} ({v})" for k, v in FREEZE_LEVELS.items())
+        raise UserError(f"{src}: `{path}.freeze_level` is {freeze_level}; use {levels}")
+    args = {**train, **ultralytics_args(raw, path, src, own=STAGE_KEYS), **_loss_weights(raw, path, src)}
+    _check_mosaic(args, raw, path, src)
+    distill = _distill(raw["distill"], f"{path}.distill", src) if raw.get("distill") is not None else None
+    return StageSpec(stage_name, raw["from"], raw["dataset"], freeze_level, MappingProxyType(args), raw["teacher"], distill)
+
+
+def _check_mosaic(args: Mapping[str, Any], raw: Mapping[str, Any], path: str, src: str) -> None:
+    """A mosaic set in `train` or the stage that Ultralytics' close_mosaic would switch off for the whole stage."""
+    if not args.get("mosaic"):
+        return  # unset: Ultralytics' default, not a choice the user made
+    epochs = args.get("epochs", ultralytics_defaults()["epochs"])
+    close_mosaic = args.get("close_mosaic", ultralytics_defaults()["close_mosaic"])
+    if close_mosaic >= epochs:
+        origin = path if "mosaic" in raw else "train"
+        raise UserError(
+            f"{src}: `{origin}.mosaic: {args['mosaic']}` would never run in `{path}`: Ultralytics turns mosaic off for the last "
+            f"close_mosaic ({close_mosaic}) of the stage's {epochs} epochs; set `{path}.close_mosaic` below {epochs} (e.g. 0)"
+        )
+
+
+def _loss_weights(raw: Mapping[str, Any], path: str, src: str) -> dict[str, float]:
+    at = f"{path}.loss_weights"
+    weights = typed(raw.get("loss_weights") if raw.get("loss_weights") is not None else {}, dict, at, src)
+    check_keys(weights, LOSS_TERMS, at, src)
+    out = {}
+    for term, value in weights.items():
+        if term in raw:
+            raise UserError(f"{src}: `{path}.{term}` and `{at}.{term}` both set the {term} loss gain; keep one")
+        out[term] = typed(value, float, f"{at}.{term}", src)
+        at_least(out[term], 0, f"{at}.{term}", src, "a gain; 0 turns the term off")
+    return out
+
+
+def _distill(raw: Any, path: str, src: str) -> DistillSpec:
+    raw = typed(raw, dict, path, src)
+    if "teacher" in raw:
+        stage_path = path.rsplit(".", 1)[0]
+        raise UserError(
+            f"{src}: `{path}.teacher`: name the teacher as `{stage_path}.teacher` instead (a DVC dependency of the stage, "
+            "so every stage carries that key; a stage that does not distil names its `from` there)"
+        )
+    check_keys(raw, ("kind", "lambda", "temperature"), path, src)
+    kind = typed(raw.get("kind", "logit"), str, f"{path}.kind", src)
+    one_of(kind, DISTILL_KINDS, f"{path}.kind", src, "logit: output KL; feature: Ultralytics' feature distillation")
+    weight = typed(raw.get("lambda", 1.0), float, f"{path}.lambda", src)
+    at_least(weight, 0, f"{path}.lambda", src, "the distillation loss weight")
+    temperature = typed(raw.get("temperature", 2.0), float, f"{path}.temperature", src)
+    at_least(temperature, 0, f"{path}.temperature", src, "softens both distributions", strict=True)
+    if kind == "feature" and "temperature" in raw:
+        raise UserError(f"{src}: `{path}.temperature` applies to `kind: logit` only; remove it for `kind: feature`")
+    return DistillSpec(kind, weight, temperature)
+
+
+def stages(raw: Mapping[str, Any], train: Mapping[str, Any], src: str) -> dict[str, StageSpec]:
+    out = {str(key): stage(key, value, train, src) for key, value in raw.items()}
+    if not out:
+        raise UserError(f"{src}: `stages` is empty; define at least one training stage (see params.yaml in the repo)")
+    return out
+
+
+def train_defaults(raw: Mapping[str, Any], src: str) -> dict[str, Any]:
+    """``train:``: Ultralytics arguments merged under every stage."""
+    return ultralytics_args(raw, "train", src)
