@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from stagetrain import ultra
 from stagetrain.config import datasets, graph, stages
 from stagetrain.config.checks import at_least, check_keys, name, one_of, require, section, str_list, typed
 from stagetrain.config.schema import BASE, EXPORT_FORMATS, ON_BAD, SPLITS, TOP_LEVEL_KEYS, Config, EvaluateSpec, ExportSpec, OrganizeSpec
@@ -78,6 +79,7 @@ def _model(raw: Mapping[str, Any], src: str) -> tuple[str, int, dict[str, str]]:
     arch = require(model, "arch", str, "model", src)
     if not arch.strip():
         raise UserError(f"{src}: `model.arch` is empty; name an Ultralytics model yaml (yolov8n.yaml) or a weights/*.pt file")
+    ultra.check_arch(arch, f"{src}: `model.arch: {arch}`")
     imgsz = require(model, "imgsz", int, "model", src)
     at_least(imgsz, 32, "model.imgsz", src, "train/val image size in pixels; the model's stride is 32")
     if imgsz % 32:
@@ -85,8 +87,11 @@ def _model(raw: Mapping[str, Any], src: str) -> tuple[str, int, dict[str, str]]:
             f"{src}: `model.imgsz` is {imgsz}; Ultralytics would round it up to {imgsz + 32 - imgsz % 32} (the model stride is 32): "
             f"use {imgsz - imgsz % 32} or {imgsz + 32 - imgsz % 32}"
         )
-    inits = typed(model["inits"] if model.get("inits") is not None else {}, dict, "model.inits", src)
-    return arch, imgsz, {name(k, f"model.inits.{k}", src): typed(v, str, f"model.inits.{k}", src) for k, v in inits.items()}
+    inits = {}
+    for key, value in typed(model["inits"] if model.get("inits") is not None else {}, dict, "model.inits", src).items():
+        inits[name(key, f"model.inits.{key}", src)] = typed(value, str, f"model.inits.{key}", src)
+        ultra.check_arch(value, f"{src}: `model.inits.{key}: {value}`")
+    return arch, imgsz, inits
 
 
 def _evaluate(raw: Mapping[str, Any], src: str) -> EvaluateSpec:

@@ -8,16 +8,15 @@ importing Ultralytics, so loading params stays fast). The ranges mirror Ultralyt
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from collections.abc import Mapping
 from functools import cache
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 import yaml
 
+from stagetrain import ultra
 from stagetrain.config.checks import at_least, check_keys, describe, typed, where
 from stagetrain.errors import UserError
 
@@ -72,10 +71,7 @@ TYPE_NAMES = {
 @cache
 def _default_yaml() -> str:
     """The text of Ultralytics' ``cfg/default.yaml``, found without importing Ultralytics."""
-    spec = importlib.util.find_spec("ultralytics")
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError("ultralytics is not installed: run `make install` (or `pip install -r requirements.txt`)")
-    return (Path(next(iter(spec.submodule_search_locations))) / "cfg" / "default.yaml").read_text()
+    return ultra.default_yaml_path().read_text()
 
 
 @cache
