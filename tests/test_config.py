@@ -22,6 +22,17 @@ def test_repo_params_are_valid():
     assert cfg.stages["stage2"].freeze_level == 1
 
 
+def test_evaluate_margin_and_resamples_default_when_left_out(params):
+    repo = load(REPO / "params.yaml").evaluate
+    assert (repo.margin, repo.resamples) == (0.01, 1000)
+    for key in ("margin", "resamples"):
+        params["evaluate"].pop(key, None)
+    left_out = parse(params).evaluate
+    assert (left_out.margin, left_out.resamples) == (0.01, 1000)
+    params["evaluate"].update(margin=0, resamples=100)  # an integer margin is a number; 0 = adopt on any significant gain
+    assert isinstance(parse(params).evaluate.margin, float) and parse(params).evaluate.margin == 0.0
+
+
 def test_stage_keys_win_over_train_defaults(params):
     params["train"]["lr0"] = 0.05
     params["stages"]["stage1"]["lr0"] = 0.002
@@ -95,6 +106,15 @@ def test_stage_keys_win_over_train_defaults(params):
         (lambda p: p["evaluate"].update(models=["stage3", "stage3"]), r"`evaluate.models` repeats 'stage3'"),
         (lambda p: p["export"].update(formats=["onnx", "tflite"]), r"`export.formats\[1\]` is 'tflite'; use one of onnx, engine"),
         (lambda p: p["evaluate"].update(split="tset"), r"`evaluate.split` is 'tset'; use one of train, val, test.*did you mean `test`"),
+        # the verdict's margin and the bootstrap behind it
+        (lambda p: p["evaluate"].update(margn=0.01), r"unknown key `evaluate.margn`; did you mean `margin`\?"),
+        (lambda p: p["evaluate"].update(margin=-0.01), r"`evaluate.margin` is -0.01; use a value in \[0, 1\)"),
+        (lambda p: p["evaluate"].update(margin=1), r"`evaluate.margin` is 1.0; use a value in \[0, 1\)"),
+        (lambda p: p["evaluate"].update(margin="1pt"), r"`evaluate.margin` must be a number, got a string '1pt'"),
+        (lambda p: p["evaluate"].update(margin=None), r"`evaluate.margin` must be a number, got null"),
+        (lambda p: p["evaluate"].update(resamples=50), r"`evaluate.resamples` is 50; use a value >= 100 \(bootstrap resamples"),
+        (lambda p: p["evaluate"].update(resamples=1000.0), r"`evaluate.resamples` must be an integer, got a number 1000.0"),
+        (lambda p: p["evaluate"].update(resamples=True), r"`evaluate.resamples` must be an integer"),
         # mosaic judged on the merged `train` + stage arguments
         (
             lambda p: (p["train"].update(mosaic=0.5), p["stages"]["stage1"].update(epochs=5)),

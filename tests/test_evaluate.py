@@ -1,4 +1,5 @@
-"""evaluate on real (tiny) checkpoints: metrics, the pycocotools cross-check, TTA, and the dvc plots rows."""
+"""evaluate on real (tiny) checkpoints: metrics, the pycocotools cross-check, TTA, the dvc plots rows, and the
+paired bootstrap against the baseline (a model against itself: no difference; against a degraded copy: worse)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ import shutil
 from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
 import pytest
 import torch
 
 from conftest import repo_params, shrink
-from stagetrain import evaluate
+from stagetrain import evaluate, report, stats
 from stagetrain.config import parse
 from stagetrain.data import organize, sources
 from stagetrain.errors import UserError
@@ -44,7 +46,7 @@ def workspace(tmp_path_factory) -> Path:
 
 def eval_params(**evaluate_keys) -> dict:
     params = shrink(repo_params())
-    params["evaluate"].update(models=[MODEL], **evaluate_keys)
+    params["evaluate"].update({"models": [MODEL], **evaluate_keys})
     return params
 
 
@@ -81,6 +83,9 @@ class GroundTruthValidator(evaluate.EvalValidator):
     """Ultralytics' real validator fed the ground truth as predictions: jittered boxes, random scores,
     a fifth of the classes wrong, and spurious boxes. A non-trivial mAP that both scorers must agree on."""
 
+    jitter = 0.05  # box noise, as a fraction of the box size
+    wrong = 0.2  # fraction of boxes given the next class
+
     def update_metrics(self, preds: list[dict], batch: dict) -> None:
         generator = torch.Generator().manual_seed(self.seen)
         oracle = []
@@ -88,11 +93,10 @@ class GroundTruthValidator(evaluate.EvalValidator):
             gt = self._prepare_batch(si, batch)
             n, size = len(gt["cls"]), float(max(gt["imgsz"]))
             wh = (gt["bboxes"][:, 2:] - gt["bboxes"][:, :2]).repeat(1, 2)
-            boxes = gt["bboxes"] + 0.05 * wh * torch.randn(
-                n, 4, generator=generator
-            )  # IoUs spread over 0.5-0.95: mAP50-95 well below mAP50
+            # IoUs spread over 0.5-0.95: mAP50-95 well below mAP50
+            boxes = gt["bboxes"] + self.jitter * wh * torch.randn(n, 4, generator=generator)
             cls = gt["cls"].clone()
-            wrong = torch.rand(n, generator=generator) < 0.2
+            wrong = torch.rand(n, generator=generator) < self.wrong
             cls[wrong] = (cls[wrong] + 1) % self.nc
             xy = torch.rand(2, 2, generator=generator) * size * 0.8
             spurious = torch.cat([xy, xy + size * 0.2], 1)
@@ -117,6 +121,67 @@ def test_cross_check_agrees_on_a_non_trivial_score(workspace, tmp_path):
     assert abs(m["coco_mAP50"] - m["mAP50"]) <= 0.02
 
 
+def two_names_for_one_checkpoint(workspace: Path, models: Path) -> Path:
+    """``models/{baseline,stage3}/best.pt``: the workspace's one checkpoint under both names evaluate compares."""
+    for name in ("baseline", "stage3"):
+        (models / name).mkdir(parents=True)
+        shutil.copyfile(workspace / "models" / MODEL / "best.pt", models / name / "best.pt")
+    return models
+
+
+@pytest.mark.slow  # trains a model
+@pytest.mark.parametrize(
+    "validator, split",
+    [(evaluate.EvalValidator, "test"), (GroundTruthValidator, "train")],
+    ids=["checkpoint-predictions", "ground-truth-oracle"],  # the 1-epoch checkpoint scores ~0: the oracle makes 0 == 0 non-trivial
+)
+def test_a_model_against_itself_shows_no_difference(workspace, tmp_path, validator, split):
+    cfg = parse(eval_params(models=["stage3", "baseline"], split=split))
+    models = two_names_for_one_checkpoint(workspace, tmp_path / "models")
+    results = evaluate.run(cfg, workspace / "organized/data.yaml", models, tmp_path / "work", validator=validator)
+    versus = results["stage3"]["vs_baseline"]
+    assert "vs_baseline" not in results["baseline"] and versus["direction"] == "model - baseline"
+    expected = (results["baseline"]["images"], cfg.evaluate.resamples, cfg.seed, cfg.evaluate.margin)
+    assert (versus["images"], versus["resamples"], versus["seed"], versus["margin"]) == expected
+    for metric in ("map50_95", "map50"):
+        assert versus[metric]["diff"] == 0 and versus[metric]["ci_low"] <= 0 <= versus[metric]["ci_high"]
+    # the bootstrap scores the very predictions pycocotools scored, the same way
+    assert versus["map50_95"]["baseline"] == pytest.approx(results["baseline"]["coco_mAP50-95"], abs=2e-6)
+    assert versus["map50_95"]["baseline"] > 0.2 or validator is evaluate.EvalValidator
+    assert versus["verdict"] == "no detectable difference" and versus["seconds"] < 30
+    assert versus["sentence"].startswith("No detectable difference: prefer the simpler model")
+    text = report.verdict(cfg, {}, results)
+    assert text.startswith("**No detectable difference** between `stage3` and `baseline`")
+    assert json.loads(json.dumps(results)) == results  # eval.json holds it as it is
+
+
+class DegradedCopyValidator(GroundTruthValidator):
+    """The ground-truth oracle for `baseline`; for `stage3`, three times the box noise and half the classes wrong.
+
+    A 1-epoch checkpoint scores ~0 mAP, so no checkpoint of it can be significantly worse: the degraded
+    predictions are made here instead, and travel the real path (validator, predictions.json, bootstrap).
+    """
+
+    def update_metrics(self, preds: list[dict], batch: dict) -> None:
+        if Path(self.save_dir).name == "stage3":  # evaluate runs each model in a folder named after it
+            self.jitter, self.wrong = 0.15, 0.5
+        super().update_metrics(preds, batch)
+
+
+@pytest.mark.slow  # trains a model
+def test_a_degraded_copy_is_significantly_worse(workspace, tmp_path):
+    cfg = parse(eval_params(models=["stage3", "baseline"], split="train"))  # the largest split: the tightest interval
+    models = two_names_for_one_checkpoint(workspace, tmp_path / "models")
+    results = evaluate.run(cfg, workspace / "organized/data.yaml", models, tmp_path / "work", validator=DegradedCopyValidator)
+    versus = results["stage3"]["vs_baseline"]
+    assert versus["map50_95"]["diff"] < 0 and versus["map50_95"]["ci_high"] < -cfg.evaluate.margin
+    assert versus["map50"]["ci_high"] < 0 and versus["verdict"] == "keep baseline"
+    for name, key in (("baseline", "baseline"), ("stage3", "model")):  # the bootstrap's mAP is pycocotools' on the same predictions
+        assert versus["map50_95"][key] == pytest.approx(results[name]["coco_mAP50-95"], abs=2e-6)
+        assert versus["map50"][key] == pytest.approx(results[name]["coco_mAP50"], abs=2e-6)
+    assert report.verdict(cfg, {}, results).startswith("**Keep `baseline`**: `stage3` is worse by more than the 1.0 pt margin")
+
+
 class RecordingValidator(evaluate.EvalValidator):
     augment: ClassVar[list[bool]] = []
 
@@ -130,6 +195,57 @@ def test_tta_reaches_the_validator(workspace, tmp_path):
     cfg = parse(eval_params(tta=True))
     m = evaluate.run(cfg, workspace / "organized/data.yaml", workspace / "models", tmp_path / "work", validator=RecordingValidator)[MODEL]
     assert RecordingValidator.augment == [True] and m["tta"] is True
+
+
+def synthetic_coco(seed: int = 0, images: int = 40) -> tuple[dict, list[dict]]:
+    """COCO ground truth (image ids unlike their order, an image without boxes) and near-perfect predictions of it."""
+    rng = np.random.default_rng(seed)
+    gt: dict = {"images": [], "annotations": [], "categories": [{"id": c + 1, "name": f"c{c}"} for c in range(5)]}
+    predictions = []
+    for i in range(images):
+        gt["images"].append({"id": 10 * (images - i), "file_name": f"im{i}.jpg", "width": 256, "height": 192})
+        for _ in range(int(rng.integers(0 if i == 0 else 1, 6))):
+            x, y, w, h, cls = *rng.uniform(0, 150, 2), *rng.uniform(8, 60, 2), int(rng.integers(0, 4))  # class 5: never labelled
+            ann = {"image_id": gt["images"][-1]["id"], "category_id": cls + 1, "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0}
+            gt["annotations"].append({"id": len(gt["annotations"]) + 1, **ann})
+            noisy = [x, y, w, h] + rng.normal(0, 0.06, 4) * [w, h, w, h]
+            predictions.append({"file_name": f"im{i}.jpg", "category_id": cls + 1, "bbox": noisy.tolist(), "score": rng.uniform(0.3, 1)})
+        x, y = rng.uniform(0, 150, 2)  # a false positive per image, of any class
+        predictions.append(
+            {"file_name": f"im{i}.jpg", "category_id": int(rng.integers(1, 6)), "bbox": [x, y, 20, 20], "score": rng.uniform()}
+        )
+    rng.shuffle(predictions)  # Ultralytics writes them per batch; the records must not depend on the order
+    return gt, predictions
+
+
+def degraded(predictions: list[dict], seed: int = 1) -> list[dict]:
+    """The same predictions with much noisier boxes: fewer matches at the high IoU thresholds of mAP50-95."""
+    rng = np.random.default_rng(seed)
+    return [{**p, "bbox": (np.array(p["bbox"]) + rng.normal(0, 0.2, 4) * np.array(p["bbox"])[[2, 3, 2, 3]]).tolist()} for p in predictions]
+
+
+def test_detection_records_score_like_pycocotools():
+    """COCO xywh -> xyxy, image ids, file names and category ids converted right: the same mAP as pycocotools."""
+    gt, predictions = synthetic_coco()
+    for preds in (predictions, degraded(predictions), []):
+        records = evaluate.detection_records(gt, preds, n_classes=5)
+        observed, coco = stats.mean_ap(records), evaluate.coco_scores(gt, preds)
+        assert records.n_images == 40 and records.score.size == len(preds)
+        assert observed.map50_95 == pytest.approx(coco["mAP50-95"], abs=1e-9) and observed.map50 == pytest.approx(coco["mAP50"], abs=1e-9)
+
+
+def test_versus_baseline_against_itself_and_a_degraded_copy(params):
+    cfg = parse(params)
+    gt, predictions = synthetic_coco()
+    baseline = evaluate.detection_records(gt, predictions, len(cfg.classes))
+    same = evaluate.versus_baseline(baseline, evaluate.detection_records(gt, list(reversed(predictions)), len(cfg.classes)), cfg)
+    assert same["map50_95"]["diff"] == same["map50_95"]["ci_low"] == same["map50_95"]["ci_high"] == 0
+    assert same["verdict"] == "no detectable difference" and same["map50_95"]["detectable"] == 0
+    worse = evaluate.versus_baseline(baseline, evaluate.detection_records(gt, degraded(predictions), len(cfg.classes)), cfg)
+    assert worse["map50_95"]["ci_high"] < -cfg.evaluate.margin and worse["verdict"] == "keep baseline"
+    assert worse["map50_95"]["detectable"] > 0 and worse["seconds"] < 10
+    again = evaluate.versus_baseline(baseline, evaluate.detection_records(gt, degraded(predictions), len(cfg.classes)), cfg)
+    assert {**again, "seconds": 0} == {**worse, "seconds": 0}  # seeded: the same inputs give the same interval
 
 
 def test_user_errors_name_the_key_or_file(tmp_path):

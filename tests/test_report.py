@@ -1,40 +1,103 @@
-"""The verdict rule: adopt (> +1 pt), prefer the baseline (within 1 pt), or keep it and name the lost ground."""
+"""The report's verdict and test table, rendered from hand-written eval.json entries (rendering is pure formatting).
+
+The verdict follows the 95% interval of Δ test mAP50-95 (model - baseline) against `evaluate.margin`:
+adopt above +margin, keep the baseline below -margin (and name the stage that lost ground), else no
+detectable difference: prefer the simpler baseline, quoting the smallest difference the split can detect.
+"""
 
 from __future__ import annotations
 
+from stagetrain import stats
 from stagetrain.config import parse
 from stagetrain.report import render, verdict
 
 
-def _eval(stage3, baseline):
+def _versus(diff: float, low: float, high: float, margin: float = 0.01, detectable: float = 0.015) -> dict:
+    """A `vs_baseline` entry as evaluate writes it, its verdict taken by the stats module itself."""
+    decision = stats.verdict(low, high, margin)
+    metric = {"baseline": 0.3, "model": 0.3 + diff, "diff": diff, "ci_low": low, "ci_high": high}
+    metric |= {"se": detectable / 1.96, "detectable": detectable, "detectable_80_power": detectable * 1.43}
     return {
-        "stage3": {"mAP50": stage3, "mAP50-95": 0.3, "precision": 0.5, "recall": 0.5},
-        "baseline": {"mAP50": baseline, "mAP50-95": 0.3, "precision": 0.5, "recall": 0.5},
+        "direction": "model - baseline",
+        "images": 45,
+        "resamples": 1000,
+        "seed": 0,
+        "confidence": 0.95,
+        "margin": margin,
+        "map50_95": metric,
+        "map50": {**metric, "diff": 2 * diff, "ci_low": 2 * low, "ci_high": 2 * high},
+        "verdict": str(decision.decision),
+        "sentence": decision.sentence,
     }
+
+
+def _eval(versus: dict | None, baseline: bool = True) -> dict:
+    stage3 = {"mAP50": 0.6, "mAP50-95": 0.3, "precision": 0.5, "recall": 0.5, "coco_mAP50-95": 0.31}
+    if versus is not None:
+        stage3["vs_baseline"] = versus
+    evaluation = {"stage3": stage3}
+    if baseline:
+        evaluation["baseline"] = {"mAP50": 0.6, "mAP50-95": 0.3, "precision": 0.5, "recall": 0.5, "coco_mAP50-95": 0.31}
+    return evaluation
 
 
 def _stages(*val):
     return {name: {"mAP50": v, "epochs_run": 1, "seconds": 1.0} for name, v in zip(("stage1", "stage2", "stage3", "baseline"), val)}
 
 
-def test_adopt_when_better_by_more_than_a_point(params):
-    text = verdict(parse(params), _stages(0.6, 0.7, 0.8, 0.7), _eval(0.80, 0.75))
-    assert text.startswith("**Adopt `stage3`**") and "+5.0 points" in text
+def test_adopt_when_the_whole_interval_clears_the_margin(params):
+    text = verdict(parse(params), _stages(0.6, 0.7, 0.8, 0.7), _eval(_versus(0.05, 0.03, 0.07)))
+    assert text.startswith("**Adopt `stage3`**") and "more than the 1.0 pt margin" in text
+    assert "Δ test mAP50-95 +5.0 pt, 95% CI [+3.0, +7.0] pt" in text
 
 
-def test_prefer_baseline_within_a_point(params):
-    text = verdict(parse(params), _stages(0.6, 0.7, 0.8, 0.7), _eval(0.755, 0.75))
-    assert text.startswith("**Keep `baseline`**") and "within one point" in text
+def test_a_significant_gain_inside_the_margin_is_no_detectable_difference(params):
+    text = verdict(parse(params), _stages(0.6, 0.7, 0.8, 0.7), _eval(_versus(0.006, 0.002, 0.009)))
+    assert text.startswith("**No detectable difference** between `stage3` and `baseline`: prefer the simpler model, `baseline`")
+    assert "the whole interval lies within ±1.0 pt" in text
+    assert "smallest difference these 45 test images can detect is 1.5 pt (2.1 pt to find it 80% of the time)" in text
 
 
-def test_worse_names_the_stage_that_lost_ground(params):
-    text = verdict(parse(params), _stages(0.9, 0.6, 0.65, 0.8), _eval(0.60, 0.80))
-    assert "worse (-20.0 points" in text
-    assert "val mAP50 fell from `stage1` to `stage2` by 30.0 points" in text
+def test_a_wide_interval_asks_for_more_test_images(params):
+    text = verdict(parse(params), _stages(0.6, 0.7, 0.8, 0.7), _eval(_versus(0.01, -0.04, 0.06, detectable=0.05)))
+    assert text.startswith("**No detectable difference**") and "too wide" in text and "more test images" in text
+    assert "can detect is 5.0 pt" in text
 
 
-def test_table_lists_every_stage_and_model(params):
-    text = render(parse(params), _stages(0.6, 0.7, 0.8, 0.7), _eval(0.80, 0.75))
+def test_keep_baseline_names_the_stage_that_lost_ground(params):
+    text = verdict(parse(params), _stages(0.9, 0.6, 0.65, 0.8), _eval(_versus(-0.2, -0.25, -0.15)))
+    assert text.startswith("**Keep `baseline`**: `stage3` is worse by more than the 1.0 pt margin")
+    assert "95% CI [-25.0, -15.0] pt" in text
+    assert "Val mAP50 fell from `stage1` to `stage2` by 30.0 points" in text
+
+
+def test_the_margin_comes_from_eval_json(params):
+    """The same interval, another margin: eval.json records the margin its verdict was taken with."""
+    text = verdict(parse(params), _stages(0.6, 0.7, 0.8, 0.7), _eval(_versus(0.05, 0.03, 0.07, margin=0.04)))
+    assert text.startswith("**No detectable difference**") and "4.0 pt" in text
+
+
+def test_no_baseline_no_verdict(params):
+    skipped = {"skipped": "`baseline` is not in `evaluate.models`: no comparison made"}
+    evaluation = _eval(skipped, baseline=False)
+    assert verdict(parse(params), _stages(0.6, 0.7, 0.8, 0.7), evaluation).startswith("No verdict: add the single-stage `baseline`")
+    text = render(parse(params), _stages(0.6, 0.7, 0.8, 0.7), evaluation)
+    assert "| stage3 | 0.600 | 0.300 | 0.500 | 0.500 | 0.310 | - | - | - |" in text and "paired bootstrap" not in text
+
+
+def test_an_eval_json_without_a_comparison_says_rerun(params):
+    text = verdict(parse(params), _stages(0.6, 0.7, 0.8, 0.7), _eval(None))
+    assert text == "No verdict for `stage3`: eval.json holds no comparison with the baseline; rerun evaluate."
+
+
+def test_table_shows_the_difference_its_interval_and_the_detectable_difference(params):
+    text = render(parse(params), _stages(0.6, 0.7, 0.8, 0.7), _eval(_versus(0.05, 0.03, 0.07)))
     for name in ("stage1", "stage2", "stage3", "baseline"):
         assert f"| {name} |" in text
-    assert "+5.0 pt" in text
+    assert "+10.0 pt" in text  # val: stage3 against baseline
+    assert "| Δ mAP50-95 vs baseline (95% CI), pt | Δ mAP50 vs baseline (95% CI), pt | detectable Δ mAP50-95, pt |" in text
+    assert "| stage3 | 0.600 | 0.300 | 0.500 | 0.500 | 0.310 | +5.0 [+3.0, +7.0] | +10.0 [+6.0, +14.0] | ±1.5 |" in text
+    assert "| baseline | 0.600 | 0.300 | 0.500 | 0.500 | 0.310 | - | - | - |" in text
+    assert "paired bootstrap 95% interval over the 45 test images (1000 resamples, seed 0)" in text
+    assert "(1.96 × the bootstrap standard error)" in text
+    assert text.rstrip().endswith(verdict(parse(params), _stages(0.6, 0.7, 0.8, 0.7), _eval(_versus(0.05, 0.03, 0.07))))

@@ -5,6 +5,10 @@ predictions it saves (``save_json``) are scored a second time by pycocotools aga
 ground truth built here from the organized YOLO labels, so a bug on either side (label loading,
 coordinate scaling, matching) shows up as a gap between the two mAP50-95 figures in eval.json.
 Per model it also returns the test PR curve and the confusion rows that ``dvc plots`` draws.
+
+The same predictions and ground truth feed a paired bootstrap over the test images (``stats``):
+every model but ``baseline`` gets, in eval.json, the difference to the baseline in mAP50-95 and
+mAP50 with a 95% interval, the smallest difference the split can detect, and the verdict.
 """
 
 from __future__ import annotations
@@ -21,14 +25,15 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from stagetrain import ultra
-from stagetrain.config import Config
+from stagetrain import stats, ultra
+from stagetrain.config import Config, EvaluateSpec
 from stagetrain.errors import UserError
 from stagetrain.train import checkpoint
 
 MAX_DET = 300  # detections kept per image: Ultralytics' val default, and COCOeval's maxDets to match it
 PR_POINTS = 101  # recall steps of the PR curve written for dvc plots (COCO's 101-point grid)
 BACKGROUND = "background"
+BASELINE = EvaluateSpec.BASELINE
 
 
 # Ultralytics' detection validator that fills the confusion matrix with plots off (at conf 0.25, Ultralytics'
@@ -40,6 +45,7 @@ class ModelEvaluation(NamedTuple):
     metrics: dict[str, Any]  # one model's entry in metrics/eval.json
     pr_curve: list[dict[str, float]]  # rows {recall, precision}: mean over classes, IoU 0.5
     confusion: list[dict[str, str]]  # rows {actual, predicted}: one per matched or unmatched box
+    records: stats.DetectionRecords  # per-image matches of its predictions: the input of the paired bootstrap
 
 
 def split_images(data_yaml: Path, split: str) -> list[Path]:
@@ -111,6 +117,56 @@ def _mean_defined(precision: np.ndarray) -> float:
     return float(defined.mean()) if defined.size else 0.0
 
 
+def detection_records(ground_truth: dict[str, Any], predictions: list[dict[str, Any]], n_classes: int) -> stats.DetectionRecords:
+    """The bootstrap's per-image records from the COCO ground truth and predictions that ``coco_scores`` reads.
+
+    Boxes become pixel x1, y1, x2, y2 (COCO's are x, y, w, h), images keep the ground truth's order
+    (predictions are matched to them by file name) and class ids are category ids - 1.
+    """
+    row = {image["id"]: i for i, image in enumerate(ground_truth["images"])}
+    by_name = {image["file_name"]: i for i, image in enumerate(ground_truth["images"])}
+    gt: list[list[dict[str, Any]]] = [[] for _ in row]
+    found: list[list[dict[str, Any]]] = [[] for _ in row]
+    for ann in ground_truth["annotations"]:
+        gt[row[ann["image_id"]]].append(ann)
+    for pred in predictions:
+        found[by_name[pred["file_name"]]].append(pred)
+    ground_truths = [stats.GroundTruth([a["category_id"] - 1 for a in anns], _xyxy([a["bbox"] for a in anns])) for anns in gt]
+    detections = [
+        stats.Detections([p["category_id"] - 1 for p in preds], [p["score"] for p in preds], _xyxy([p["bbox"] for p in preds]))
+        for preds in found
+    ]
+    return stats.build_records(ground_truths, detections, n_classes)
+
+
+def _xyxy(boxes: list[list[float]]) -> np.ndarray:
+    xywh = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    return np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+
+
+def versus_baseline(baseline: stats.DetectionRecords, model: stats.DetectionRecords, cfg: Config) -> dict[str, Any]:
+    """``model - baseline`` in test mAP50-95 and mAP50: paired bootstrap interval, detectable difference, verdict.
+
+    The verdict is taken on mAP50-95 against ``evaluate.margin``; numbers are rounded for eval.json.
+    """
+    started = time.perf_counter()
+    boot = stats.paired_bootstrap(baseline, model, resamples=cfg.evaluate.resamples, seed=cfg.seed)
+    decision = stats.verdict(boot["map50_95"]["ci_low"], boot["map50_95"]["ci_high"], cfg.evaluate.margin)
+    renamed = {"a": BASELINE, "b": "model"}  # the stats' a and b, named for a reader of eval.json
+    return {
+        "direction": f"model - {BASELINE}",
+        "images": boot["images"],
+        "resamples": boot["resamples"],
+        "seed": boot["seed"],
+        "confidence": round(1 - boot["alpha"], 6),
+        "margin": cfg.evaluate.margin,
+        **{metric: {renamed.get(k, k): round(v, 6) for k, v in boot[metric].items()} for metric in ("map50_95", "map50")},
+        "verdict": str(decision.decision),
+        "sentence": decision.sentence,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+
+
 def pr_rows(recall: np.ndarray, precision: np.ndarray) -> list[dict[str, float]]:
     """Mean precision over the classes present, at ``PR_POINTS`` recall steps (IoU 0.5).
 
@@ -180,7 +236,12 @@ def evaluate_model(cfg: Config, weights: Path, data_yaml: Path, work_dir: Path, 
         "seconds": round(seconds, 1),
         "per_class": per_class,
     }
-    return ModelEvaluation(metrics, pr_rows(*ultra.pr_curve(result)), confusion_rows(ultra.confusion_counts(result), cfg.classes))
+    return ModelEvaluation(
+        metrics,
+        pr_rows(*ultra.pr_curve(result)),
+        confusion_rows(ultra.confusion_counts(result), cfg.classes),
+        detection_records(ground_truth, predictions, len(cfg.classes)),
+    )
 
 
 def run(
@@ -188,19 +249,27 @@ def run(
 ) -> dict:
     """Evaluate every ``evaluate.models`` checkpoint; returns ``{model: metrics}``.
 
-    With ``plots_dir``, writes ``pr/<model>.json`` and ``confusion/<model>.json`` there (the
-    folders dvc.yaml declares as plots), replacing whatever an earlier run left.
+    Every model but the baseline carries ``vs_baseline`` (see ``versus_baseline``), or
+    ``{"skipped": why}`` when the baseline is not among ``evaluate.models``. With ``plots_dir``,
+    writes ``pr/<model>.json`` and ``confusion/<model>.json`` there (the folders dvc.yaml declares
+    as plots), replacing whatever an earlier run left.
     """
-    results = {}
+    results, records = {}, {}
     for sub in ("pr", "confusion"):
         if plots_dir is not None:
             shutil.rmtree(plots_dir / sub, ignore_errors=True)
             (plots_dir / sub).mkdir(parents=True)
     for name in cfg.evaluate.models:
         evaluation = evaluate_model(cfg, models_dir / name / "best.pt", data_yaml, work_dir / name, validator)
-        results[name] = evaluation.metrics
+        results[name], records[name] = evaluation.metrics, evaluation.records
         if plots_dir is not None:
             (plots_dir / "pr" / f"{name}.json").write_text(json.dumps(evaluation.pr_curve) + "\n")
             (plots_dir / "confusion" / f"{name}.json").write_text(json.dumps(evaluation.confusion) + "\n")
+    for name in (n for n in results if n != BASELINE):
+        results[name]["vs_baseline"] = (
+            versus_baseline(records[BASELINE], records[name], cfg)
+            if BASELINE in records
+            else {"skipped": f"`{BASELINE}` is not in `evaluate.models`: no comparison made"}
+        )
     shutil.rmtree(work_dir, ignore_errors=True)
     return results

@@ -1,18 +1,21 @@
 """metrics/report.md: every stage and every evaluated model in one table, and the verdict.
 
-The verdict applies the rule users apply today, on test mAP50 against the stage named
-``baseline``: more than 1 point better -> adopt the staged model; within 1 point -> prefer the
-simpler baseline; worse -> keep the baseline and name the stage where val mAP50 fell (forgetting).
+The verdict compares each evaluated model with the stage named ``baseline`` on test mAP50-95,
+through the 95% paired bootstrap interval of the difference that evaluate stores in eval.json
+(``vs_baseline``): adopt the model when the whole interval lies above ``evaluate.margin``; keep the
+baseline when it lies below -margin, naming the stage where val mAP50 fell (forgetting); otherwise
+there is no detectable difference and the simpler single-stage baseline is preferred.
 """
 
 from __future__ import annotations
 
 import itertools
+from statistics import NormalDist
 
-from stagetrain.config import Config
+from stagetrain.config import Config, EvaluateSpec
+from stagetrain.stats import Decision
 
-BASELINE = "baseline"
-MARGIN = 0.01  # one point of mAP50
+BASELINE = EvaluateSpec.BASELINE
 
 
 def chain(cfg: Config, stage: str) -> list[str]:
@@ -24,31 +27,60 @@ def chain(cfg: Config, stage: str) -> list[str]:
 
 
 def verdict(cfg: Config, stage_metrics: dict[str, dict], evaluation: dict[str, dict]) -> str:
-    """The decision line of the report: adopt the best staged model, prefer the baseline, or name the lost ground."""
+    """The decision of the report, one paragraph per evaluated model against the baseline."""
     if BASELINE not in evaluation:
         return f"No verdict: add the single-stage `{BASELINE}` to `evaluate.models` to compare against it."
-    candidates = {name: m for name, m in evaluation.items() if name != BASELINE}
+    candidates = [name for name in evaluation if name != BASELINE]
     if not candidates:
         return "No verdict: `evaluate.models` holds only the baseline."
-    best = max(candidates, key=lambda n: candidates[n]["mAP50"])
-    delta = candidates[best]["mAP50"] - evaluation[BASELINE]["mAP50"]
-    points = f"{delta * 100:+.1f} points test mAP50"
-    if delta > MARGIN:
-        return f"**Adopt `{best}`**: {points} over `{BASELINE}`."
-    if delta >= -MARGIN:
-        return f"**Keep `{BASELINE}`**: `{best}` is within one point ({points}); prefer the simpler single-stage model."
-    stages = chain(cfg, best)
+    return "\n\n".join(_model_verdict(cfg, stage_metrics, name, evaluation[name].get("vs_baseline")) for name in candidates)
+
+
+def _model_verdict(cfg: Config, stage_metrics: dict[str, dict], name: str, versus: dict | None) -> str:
+    """Adopt, keep the baseline (and where ground was lost), or no detectable difference, with the interval."""
+    if not versus or "map50_95" not in versus:
+        why = (versus or {}).get("skipped", "eval.json holds no comparison with the baseline; rerun evaluate")
+        return f"No verdict for `{name}`: {why}."
+    m, margin = versus["map50_95"], f"{_pt(versus['margin'], sign=False)} pt"
+    interval = f"Δ test mAP50-95 {_pt(m['diff'])} pt, 95% CI [{_pt(m['ci_low'])}, {_pt(m['ci_high'])}] pt"
+    decision = Decision(versus["verdict"])
+    if decision is Decision.ADOPT:
+        return f"**Adopt `{name}`**: better than `{BASELINE}` by more than the {margin} margin ({interval})."
+    if decision is Decision.KEEP_BASELINE:
+        lost = _lost_ground(cfg, stage_metrics, name)
+        return f"**Keep `{BASELINE}`**: `{name}` is worse by more than the {margin} margin ({interval})." + (f" {lost}." if lost else "")
+    if -versus["margin"] <= m["ci_low"] and m["ci_high"] <= versus["margin"]:
+        why = f"the whole interval lies within ±{margin}"
+    else:
+        why = f"the interval is too wide to tell whether the difference exceeds {margin}; more test images would narrow it"
+    return (
+        f"**No detectable difference** between `{name}` and `{BASELINE}`: prefer the simpler model, `{BASELINE}` "
+        f"({interval}; {why}). The smallest difference these {versus['images']} {cfg.evaluate.split} images can detect is "
+        f"{_pt(m['detectable'], sign=False)} pt ({_pt(m['detectable_80_power'], sign=False)} pt to find it 80% of the time)."
+    )
+
+
+def _lost_ground(cfg: Config, stage_metrics: dict[str, dict], name: str) -> str:
+    """Where val mAP50 fell along the model's chain of stages: forgetting (or a domain shift, when val sets differ).
+
+    Empty when fewer than two stages of the chain have val metrics: then there is nothing to compare.
+    """
+    stages = chain(cfg, name) if name in cfg.stages else [name]
+    if sum(stage in stage_metrics for stage in stages) < 2:
+        return ""
     drops = [
         (a, b, stage_metrics[a]["mAP50"] - stage_metrics[b]["mAP50"])
         for a, b in itertools.pairwise(stages)
         if a in stage_metrics and b in stage_metrics and stage_metrics[b]["mAP50"] < stage_metrics[a]["mAP50"]
     ]
-    where = (
-        "; ".join(f"val mAP50 fell from `{a}` to `{b}` by {d * 100:.1f} points{_val_sets(cfg, a, b)}" for a, b, d in drops)
-        if drops
-        else "no stage lost val mAP50 along the chain; the staged model never caught up"
-    )
-    return f"**Keep `{BASELINE}`**: `{best}` is worse ({points}). {where}."
+    if not drops:
+        return "No stage lost val mAP50 along the chain; the staged model never caught up"
+    return "; ".join(f"Val mAP50 fell from `{a}` to `{b}` by {d * 100:.1f} points{_val_sets(cfg, a, b)}" for a, b, d in drops)
+
+
+def _pt(value: float, sign: bool = True) -> str:
+    """An mAP difference in points (0.01 = one point), signed unless ``sign`` is off; no unit."""
+    return f"{value * 100:+.1f}" if sign else f"{value * 100:.1f}"
 
 
 def _val_sets(cfg: Config, a: str, b: str) -> str:
@@ -100,6 +132,37 @@ def export_lines(export: dict) -> list[str]:
     return lines
 
 
+def _with_ci(entry: dict | None) -> str:
+    """``+1.2 [-0.3, +2.8]``: an observed difference in points and its 95% interval."""
+    return f"{_pt(entry['diff'])} [{_pt(entry['ci_low'])}, {_pt(entry['ci_high'])}]" if entry else "-"
+
+
+def evaluation_lines(cfg: Config, evaluation: dict[str, dict]) -> list[str]:
+    """The test table: Ultralytics' metrics, the pycocotools cross-check, and each model's difference to the baseline."""
+    tta = any(m.get("tta") for m in evaluation.values())
+    lines = ["", f"## Test split of `{cfg.evaluate.dataset}`" + (" (test-time augmentation on)" if tta else ""), ""]
+    header = ["model", "mAP50", "mAP50-95", "precision", "recall", "pycocotools mAP50-95"]
+    header += [f"Δ mAP50-95 vs {BASELINE} (95% CI), pt", f"Δ mAP50 vs {BASELINE} (95% CI), pt", "detectable Δ mAP50-95, pt"]
+    lines += [_row(header), _row(["---"] * len(header))]
+    for name, m in evaluation.items():
+        versus = m.get("vs_baseline") or {}
+        coco = f"{m['coco_mAP50-95']:.3f}" if "coco_mAP50-95" in m else "-"
+        detectable = f"±{_pt(versus['map50_95']['detectable'], sign=False)}" if "map50_95" in versus else "-"
+        cells = [_with_ci(versus.get("map50_95")), _with_ci(versus.get("map50")), detectable]
+        lines += [_row([name, *(f"{m[k]:.3f}" for k in ("mAP50", "mAP50-95", "precision", "recall")), coco, *cells])]
+    compared = next((m["vs_baseline"] for m in evaluation.values() if "map50_95" in m.get("vs_baseline", {})), None)
+    if compared:
+        z = NormalDist().inv_cdf(0.5 + compared["confidence"] / 2)
+        note = (
+            f"Δ: model - `{BASELINE}` in COCO mAP (pycocotools' matching) of the same predictions, with a paired bootstrap "
+            f"{compared['confidence']:.0%} interval over the {compared['images']} {cfg.evaluate.split} images ({compared['resamples']} resamples, "
+            f"seed {compared['seed']}). Detectable: the smallest difference this split can call significant "
+            f"({z:.2f} × the bootstrap standard error)."
+        )
+        lines += ["", note]
+    return lines
+
+
 def render(cfg: Config, stage_metrics: dict[str, dict], evaluation: dict[str, dict], export: dict | None = None) -> str:
     """The markdown report: stage table (val), test table with the pycocotools cross-check, export, verdict."""
     # Val deltas only compare stages validated on the baseline's dataset: other val splits are other questions.
@@ -143,17 +206,7 @@ def render(cfg: Config, stage_metrics: dict[str, dict], evaluation: dict[str, di
                 ]
             )
         ]
-    base = evaluation.get(BASELINE)
-    tta = any(m.get("tta") for m in evaluation.values())
-    lines += ["", f"## Test split of `{cfg.evaluate.dataset}`" + (" (test-time augmentation on)" if tta else ""), ""]
-    lines += [
-        _row(["model", "mAP50", "mAP50-95", "precision", "recall", "pycocotools mAP50-95", f"Δ mAP50 vs {BASELINE}"]),
-        _row(["---"] * 7),
-    ]
-    for name, m in evaluation.items():
-        coco = f"{m['coco_mAP50-95']:.3f}" if "coco_mAP50-95" in m else "-"
-        delta = _delta(m, base) if name != BASELINE else "-"
-        lines += [_row([name, *(f"{m[k]:.3f}" for k in ("mAP50", "mAP50-95", "precision", "recall")), coco, delta])]
+    lines += evaluation_lines(cfg, evaluation)
     gaps = [abs(m["coco_delta_mAP50-95"]) for m in evaluation.values() if "coco_delta_mAP50-95" in m]
     if gaps:
         lines += ["", f"Cross-check: pycocotools scores the same predictions within {max(gaps):.4f} mAP50-95 of Ultralytics."]

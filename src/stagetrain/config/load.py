@@ -96,11 +96,17 @@ def _model(raw: Mapping[str, Any], src: str) -> tuple[str, int, dict[str, str]]:
 
 def _evaluate(raw: Mapping[str, Any], src: str) -> EvaluateSpec:
     evaluate = section(raw, "evaluate", "", src)
-    check_keys(evaluate, ("dataset", "split", "models", "tta"), "evaluate", src)
+    check_keys(evaluate, ("dataset", "split", "models", "tta", "margin", "resamples"), "evaluate", src)
     split = require(evaluate, "split", str, "evaluate", src)
     one_of(split, SPLITS, "evaluate.split", src)
     tta = typed(evaluate.get("tta", False), bool, "evaluate.tta", src)
-    return EvaluateSpec(require(evaluate, "dataset", str, "evaluate", src), split, str_list(evaluate, "models", "evaluate", src), tta)
+    margin = typed(evaluate.get("margin", EvaluateSpec.margin), float, "evaluate.margin", src)
+    if not 0 <= margin < 1:
+        raise UserError(f"{src}: `evaluate.margin` is {margin!r}; use a value in [0, 1) (a test mAP50-95 difference: 0.01 = one point)")
+    resamples = typed(evaluate.get("resamples", EvaluateSpec.resamples), int, "evaluate.resamples", src)
+    at_least(resamples, 100, "evaluate.resamples", src, "bootstrap resamples behind each 95% interval; 1000 is plenty")
+    dataset, models = require(evaluate, "dataset", str, "evaluate", src), str_list(evaluate, "models", "evaluate", src)
+    return EvaluateSpec(dataset, split, models, tta, margin, resamples)
 
 
 def _export(raw: Mapping[str, Any], src: str) -> ExportSpec:

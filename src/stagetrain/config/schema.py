@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 BASE = "base"  # the pseudo-stage that holds the initial weights (models/base/best.pt)
 DATASET_KINDS = ("synthetic", "roboflow", "local")
@@ -57,10 +57,13 @@ class OrganizeSpec:
 
 @dataclass(frozen=True)
 class EvaluateSpec:
+    BASELINE: ClassVar[str] = "baseline"  # the stage every other evaluated model is compared with (eval.json, report)
     dataset: str
     split: str
     models: tuple[str, ...]
     tta: bool  # test-time augmentation (Ultralytics `augment=True`) in the test-split evaluation
+    margin: float = 0.01  # smallest test mAP50-95 difference worth acting on (0.01 = one point): the verdict's threshold
+    resamples: int = 1000  # paired bootstrap resamples over test images behind each 95% interval
 
 
 @dataclass(frozen=True)
