@@ -22,12 +22,11 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-import yaml
 from PIL import Image
 
 from stagetrain import stats, ultra
 from stagetrain.config import Config, EvaluateSpec
-from stagetrain.errors import UserError
+from stagetrain.data.organized import split_images
 from stagetrain.train import checkpoint
 
 MAX_DET = 300  # detections kept per image: Ultralytics' val default, and COCOeval's maxDets to match it
@@ -46,19 +45,6 @@ class ModelEvaluation(NamedTuple):
     pr_curve: list[dict[str, float]]  # rows {recall, precision}: mean over classes, IoU 0.5
     confusion: list[dict[str, str]]  # rows {actual, predicted}: one per matched or unmatched box
     records: stats.DetectionRecords  # per-image matches of its predictions: the input of the paired bootstrap
-
-
-def split_images(data_yaml: Path, split: str) -> list[Path]:
-    """Image files of ``split`` in an organized ``data.yaml`` (whose paths are relative to its folder)."""
-    data = yaml.safe_load(data_yaml.read_text())
-    if split not in data:
-        raise UserError(f"{data_yaml}: no `{split}` split; rerun organize or set `evaluate.split` to one of train, val, test")
-    root = data_yaml.parent / data["path"] if data.get("path") else data_yaml.parent
-    folder = root / data[split]
-    images = sorted(p for p in folder.iterdir() if p.suffix.lower().lstrip(".") in ultra.IMG_FORMATS) if folder.is_dir() else []
-    if not images:
-        raise UserError(f"{data_yaml}: the `{split}` split ({folder}) holds no images; rerun organize")
-    return images
 
 
 def coco_ground_truth(images: list[Path], classes: tuple[str, ...]) -> dict[str, Any]:

@@ -21,8 +21,8 @@ import torch
 from PIL import Image
 
 from stagetrain.config import Config
+from stagetrain.data.organized import split_images
 from stagetrain.errors import UserError
-from stagetrain.evaluate import split_images
 from stagetrain.ultra import CPU_THREADS, YOLO
 
 PARITY_IMAGES = 8  # test images whose raw outputs are compared element by element
