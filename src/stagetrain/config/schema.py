@@ -18,6 +18,8 @@ STAGE_KEYS = ("from", "teacher", "dataset", "freeze_level", "distill", "loss_wei
 # DVC dependency of the stage, so a stage that does not distil names its own `from` there.
 REQUIRED_STAGE_KEYS = ("from", "teacher", "dataset")
 DISTILL_KINDS = ("logit", "feature")
+# `freeze_level` -> what it freezes (train/freeze.py turns it into layer indices)
+FREEZE_LEVELS = {0: "nothing frozen", 1: "backbone frozen", 2: "everything but the Detect head frozen"}
 LOSS_TERMS = ("box", "cls", "dfl")  # Ultralytics' detection loss gains, set per stage by `loss_weights`
 TOP_LEVEL_KEYS = ("seed", "classes", "datasets", "organize", "model", "train", "stages", "evaluate", "export")
 

@@ -7,11 +7,9 @@ from types import MappingProxyType
 from typing import Any
 
 from stagetrain.config.checks import at_least, check_keys, name, one_of, require, typed
-from stagetrain.config.schema import DISTILL_KINDS, LOSS_TERMS, REQUIRED_STAGE_KEYS, STAGE_KEYS, DistillSpec, StageSpec
+from stagetrain.config.schema import DISTILL_KINDS, FREEZE_LEVELS, LOSS_TERMS, REQUIRED_STAGE_KEYS, STAGE_KEYS, DistillSpec, StageSpec
 from stagetrain.config.ultralytics_args import ultralytics_args, ultralytics_defaults
 from stagetrain.errors import UserError
-
-FREEZE_LEVELS = {0: "train all", 1: "backbone frozen", 2: "head only"}
 
 
 def stage(key: Any, raw: Any, train: Mapping[str, Any], src: str) -> StageSpec:

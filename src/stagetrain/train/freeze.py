@@ -5,12 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from stagetrain import ultra
-
-FREEZE_LEVELS = {
-    0: "nothing frozen",
-    1: "backbone frozen",
-    2: "everything but the Detect head frozen",
-}
+from stagetrain.config.schema import FREEZE_LEVELS
 
 
 def frozen_layers(model: nn.Module, level: int) -> list[int]:
