@@ -43,4 +43,4 @@ unlock: install
 	PYTHONPATH=src $(BIN)/python -m stagetrain.tools.unlock
 
 clean:
-	rm -rf .stagetrain .ultralytics data/raw data/organized models metrics
+	rm -rf .stagetrain .ultralytics data/raw data/organized data/trainsets models metrics

@@ -52,7 +52,8 @@ def prepare(workspace: Path, images: int, epochs: int) -> int:
     from stagetrain.train import checkpoint
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["datasets"]["target"]["synthetic"]["images"] = images
+    synthetic = {k: v for k, v in params["datasets"]["target"]["synthetic"].items() if k not in ("train", "val", "test", "pool")}
+    params["datasets"]["target"]["synthetic"] = {**synthetic, "images": images}  # the flat form: organize splits it 70/15/15
     student = {
         "from": "base",
         "teacher": "base",

@@ -42,7 +42,9 @@ def main() -> None:
     opts = p.parse_args()
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["datasets"]["target"]["synthetic"]["images"] = 40  # only the test split's first images are used
+    # the flat form, split 70/15/15 by organize: only the test split's first images are used
+    synthetic = {k: v for k, v in params["datasets"]["target"]["synthetic"].items() if k not in ("train", "val", "test", "pool")}
+    params["datasets"]["target"]["synthetic"] = {**synthetic, "images": 40}
     params["export"]["formats"] = ["onnx", "engine"]
     if opts.imgsz:
         params["model"]["imgsz"] = opts.imgsz

@@ -68,7 +68,8 @@ def prepare(workspace: Path, images: int, epochs: int) -> dict:
     from stagetrain.ultra import CPU_THREADS, YOLO, resolve_device
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["datasets"]["target"]["synthetic"]["images"] = images
+    synthetic = {k: v for k, v in params["datasets"]["target"]["synthetic"].items() if k not in ("train", "val", "test", "pool")}
+    params["datasets"]["target"]["synthetic"] = {**synthetic, "images": images}  # the flat form: organize splits it 70/15/15
     params["stages"]["stage2"].update(epochs=epochs, close_mosaic=0)
     cfg = parse(params, str(workspace / "params.yaml"))
     (workspace / "params.yaml").write_text(yaml.safe_dump(params))

@@ -12,9 +12,11 @@ def work(cfg, args):
     others = sorted(d for d in siblings if d.is_dir() and not d.name.startswith(".") and d.resolve() != args.raw.resolve())
     report = organize.run(cfg, args.dataset, args.raw, args.out, others)
     _cli.write_json(args.report, report)
-    skipped, removed = len(report["skipped"]), len(report["duplicates_removed"])
+    skipped, removed, near = len(report["skipped"]), len(report["duplicates_removed"]), report["near_duplicates"]
+    pool = f", pool {report['pool']['images']} of {report['pool']['found']} kept" if "pool" in report else ""
     print(
-        f"organize@{args.dataset}: {report['format']}, images {report['images']}, problems listed {skipped}, duplicates removed {removed}"
+        f"organize@{args.dataset}: {report['format']}, images {report['images']}{pool}, problems listed {skipped}, duplicates removed "
+        f"{removed}, near-duplicates kept together {near['grouped']} / kept in train {near['kept_in_train']}"
     )
 
 

@@ -16,7 +16,12 @@ def work(cfg, args):
 if __name__ == "__main__":
     p = _cli.parser(__doc__)
     p.add_argument("stage", help="a key under `stages:` in params.yaml")
-    p.add_argument("--data", type=_cli.existing("file"), required=True, help="organized data.yaml of the stage's dataset")
+    p.add_argument(
+        "--data",
+        type=_cli.existing("file"),
+        required=True,
+        help="the stage's training list, data/trainsets/<stage>/data.yaml (trainset@<stage>)",
+    )
     p.add_argument("--upstream", type=_cli.existing("file"), required=True, help="checkpoint of the `from:` stage")
     p.add_argument("--out", type=Path, required=True, help="folder for best.pt, last.pt, args.yaml")
     p.add_argument("--teacher", type=Path, default=None, help="checkpoint of the stage's `teacher:` (used with `distill:`)")

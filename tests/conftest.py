@@ -9,5 +9,6 @@ from stagetrain.tools.repo import REPO, copy_repo, dvc, repo_params, shrink, shr
 
 @pytest.fixture
 def params() -> dict:
-    """A fresh, shrunk copy of the repo's params.yaml (mutate freely)."""
-    return shrink(repo_params())
+    """A fresh, shrunk copy of the repo's params.yaml (mutate freely); synthetic datasets in the flat
+    ``images: N`` form that organize splits by ratio (end-to-end tests call ``shrink`` for the repo's own form)."""
+    return shrink(repo_params(), flat=True)

@@ -241,6 +241,33 @@ def test_other_internals_keep_their_shape():
     assert "student_model" in _signature(DistillationModel.__init__), "feature distillation no longer wraps a `student_model`"
 
 
+def test_an_image_list_resolves_against_its_folder(tmp_path):
+    """data/trainset.py writes `train: train.txt` of `./../../organized/...` lines, images never copied: Ultralytics must
+    resolve a `./` line against the list's folder, a relative `val:` against the yaml's, and find labels by /images/ -> /labels/."""
+    from PIL import Image
+
+    for split, stem, row in (("train", "a", "1 0.5 0.5 0.2 0.2"), ("train", "b", "3 0.4 0.4 0.1 0.1"), ("val", "c", "0 0.5 0.5 0.3 0.3")):
+        for kind in ("images", "labels"):
+            (tmp_path / "organized/ds" / kind / split).mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (32, 32), (200, 100, 0)).save(tmp_path / "organized/ds/images" / split / f"{stem}.png")
+        (tmp_path / "organized/ds/labels" / split / f"{stem}.txt").write_text(row + "\n")
+    lists = tmp_path / "trainsets/stage"
+    lists.mkdir(parents=True)
+    (lists / "train.txt").write_text("./../../organized/ds/images/train/b.png\n./../../organized/ds/images/train/a.png\n")
+    (lists / "data.yaml").write_text("train: train.txt\nval: ../../organized/ds/images/val\nnames: {0: p, 1: q, 2: r, 3: s}\n")
+    images, labels = ultra.read_split(lists / "data.yaml", "train")
+    assert [os.path.normpath(p) for p in images] == [str(tmp_path / "organized/ds/images/train" / n) for n in ("a.png", "b.png")], (
+        f"a `./` line of an image list no longer resolves against the list's folder ({CHANGED}): see data/trainset.py"
+    )
+    assert [label["cls"].ravel().tolist() for label in labels] == [[1.0], [3.0]], (
+        "labels of listed images are not found by /images/ -> /labels/"
+    )
+    assert sorted(p.name for p in lists.iterdir()) == ["data.yaml", "train.txt"], "Ultralytics now writes its cache beside the list"
+    assert (tmp_path / "organized/ds/labels/train.cache").exists(), "the labels cache moved: check .dvcignore's `*.cache` still covers it"
+    val_images, _ = ultra.read_split(lists / "data.yaml", "val")
+    assert [Path(p).name for p in val_images] == ["c.png"], "a relative `val:` no longer resolves against the data.yaml's folder"
+
+
 # --- a real (tiny) training run -----------------------------------------------------------------
 
 EPOCHS = 2

@@ -33,6 +33,25 @@ def test_evaluate_margin_and_resamples_default_when_left_out(params):
     assert isinstance(parse(params).evaluate.margin, float) and parse(params).evaluate.margin == 0.0
 
 
+def test_forgetting_matrix_datasets_default_to_all(params):
+    assert load(REPO / "params.yaml").evaluate.datasets == tuple(yaml.safe_load((REPO / "params.yaml").read_text())["datasets"])
+    params["evaluate"].pop("datasets", None)
+    params["evaluate"].pop("all_stages", None)
+    left_out = parse(params).evaluate
+    assert left_out.datasets == tuple(params["datasets"]) and left_out.all_stages is False
+    params["evaluate"].update(datasets=["target"], all_stages=True)  # a list narrows the matrix
+    assert (parse(params).evaluate.datasets, parse(params).evaluate.all_stages) == (("target",), True)
+
+
+def test_near_duplicates_default_and_off(params):
+    assert parse(params).organize.near_duplicates == 24  # params.yaml's default
+    for off in (0, None):
+        params["organize"]["near_duplicates"] = off
+        assert parse(params).organize.near_duplicates == 0
+    params["organize"].pop("near_duplicates")  # an older params.yaml without the key: exact dedupe only
+    assert parse(params).organize.near_duplicates == 0
+
+
 def test_stage_keys_win_over_train_defaults(params):
     params["train"]["lr0"] = 0.05
     params["stages"]["stage1"]["lr0"] = 0.002
@@ -51,6 +70,12 @@ def test_stage_keys_win_over_train_defaults(params):
         (lambda p: p["stages"]["stage2"].update(epochs="ten"), r"`stages.stage2.epochs` must be an integer, got a string 'ten'"),
         (lambda p: p.update(seed="0"), r"`seed` must be an integer, got a string"),
         (lambda p: p["organize"].update(dedupe="yes"), r"`organize.dedupe` must be true or false"),
+        (lambda p: p["organize"].update(near_duplicate=8), r"unknown key `organize.near_duplicate`; did you mean `near_duplicates`\?"),
+        (lambda p: p["organize"].update(near_duplicates=True), r"`organize.near_duplicates` must be an integer, got true or false True"),
+        (lambda p: p["organize"].update(near_duplicates=0.5), r"`organize.near_duplicates` must be an integer"),
+        (lambda p: p["organize"].update(near_duplicates=-1), r"`organize.near_duplicates` is -1; use 0 \(off\) to 64 bits"),
+        (lambda p: p["organize"].update(near_duplicates=100), r"`organize.near_duplicates` is 100; use 0 \(off\) to 64 bits"),
+        (lambda p: p["organize"].update(dedupe=False), r"`organize.near_duplicates: 24` needs `organize.dedupe: true`"),
         (
             lambda p: p["stages"]["stage2"].update({"from": "stage0"}),
             r"`stages.stage2.from` names no stage: 'stage0'; did you mean .*`stage1`",
@@ -115,6 +140,14 @@ def test_stage_keys_win_over_train_defaults(params):
         (lambda p: p["evaluate"].update(resamples=50), r"`evaluate.resamples` is 50; use a value >= 100 \(bootstrap resamples"),
         (lambda p: p["evaluate"].update(resamples=1000.0), r"`evaluate.resamples` must be an integer, got a number 1000.0"),
         (lambda p: p["evaluate"].update(resamples=True), r"`evaluate.resamples` must be an integer"),
+        # the forgetting matrix's datasets and stages
+        (lambda p: p["evaluate"].update(datasets=["source", "targt"]), r"`evaluate.datasets` names no dataset: 'targt'.*`target`"),
+        (lambda p: p["evaluate"].update(datasets="source"), r"`evaluate.datasets` is 'source'; use `all` or a list of dataset names"),
+        (lambda p: p["evaluate"].update(datasets=[]), r"`evaluate.datasets` is empty; list at least one"),
+        (lambda p: p["evaluate"].update(datasets=3), r"`evaluate.datasets` must be a string or a list, got an integer 3"),
+        (lambda p: p["evaluate"].update(all_stages="yes"), r"`evaluate.all_stages` must be true or false"),
+        (lambda p: p["evaluate"].update(all_stage=True), r"unknown key `evaluate.all_stage`; did you mean `all_stages`\?"),
+        (lambda p: p["stages"].update(forgetting=p["stages"]["stage3"]), r"`stages.forgetting`: eval.json holds the forgetting matrix"),
         # mosaic judged on the merged `train` + stage arguments
         (
             lambda p: (p["train"].update(mosaic=0.5), p["stages"]["stage1"].update(epochs=5)),
@@ -141,6 +174,47 @@ def test_stage_keys_win_over_train_defaults(params):
 )
 def test_bad_params_name_the_key(params, edit, expected):
     edit(params)
+    with pytest.raises(UserError, match=expected):
+        parse(params)
+
+
+SPLIT_FORM = {"train": 30, "val": 5, "test": 10, "pool": 8, "size": 64, "domain": "target"}
+
+
+def test_synthetic_takes_either_an_image_count_or_a_fixed_split(params):
+    params["datasets"]["target"]["synthetic"] = {**SPLIT_FORM, "cones": 20, "distractors": 0, "min_visible": 0.5}
+    params["datasets"]["source"]["synthetic"] = {"images": 40, "size": 64, "domain": "source"}
+    cfg = parse(params)
+    assert dict(cfg.datasets["target"].options) == {**SPLIT_FORM, "cones": 20, "distractors": 0, "min_visible": 0.5}
+    assert cfg.datasets["source"].options["images"] == 40
+
+
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        (
+            lambda s: s.update(images=40),
+            r"`datasets.target.synthetic` sets both `images` .* and `train`, `val`, `test`, `pool` .*; keep one form",
+        ),
+        (lambda s: [s.pop(k) for k in ("train", "val", "test", "pool")], r"`datasets.target.synthetic` needs image counts: `images: N`"),
+        (lambda s: s.pop("test"), r"missing key `datasets.target.synthetic.test`"),
+        (lambda s: s.update(val=0), r"`datasets.target.synthetic.val` is 0; use a value >= 1"),
+        (lambda s: s.update(pool=-1), r"`datasets.target.synthetic.pool` is -1; use a value >= 0"),
+        (lambda s: s.update(train=2_000_000), r"`datasets.target.synthetic.train` is 2000000; use a value <= 1000000"),
+        (lambda s: s.update(train=1.5), r"`datasets.target.synthetic.train` must be an integer, got a number 1.5"),
+        (lambda s: s.update(size=8), r"`datasets.target.synthetic.size` is 8; use a value >= 16 \(image side in px\)"),
+        (lambda s: s.update(cones=0), r"`datasets.target.synthetic.cones` is 0; use a value >= 1 \(at most this many cones per image\)"),
+        (lambda s: s.update(cones="many"), r"`datasets.target.synthetic.cones` must be an integer, got a string 'many'"),
+        (lambda s: s.update(distractors=-2), r"`datasets.target.synthetic.distractors` is -2; use a value >= 0"),
+        (lambda s: s.update(distractors=99), r"`datasets.target.synthetic.distractors` is 99; use a value <= 50"),
+        (lambda s: s.update(min_visible=0), r"`datasets.target.synthetic.min_visible` is 0.0; use a value > 0"),
+        (lambda s: s.update(min_visible=1.5), r"`datasets.target.synthetic.min_visible` is 1.5; use a value <= 1"),
+        (lambda s: s.update(distractor=3), r"unknown key `datasets.target.synthetic.distractor`; did you mean `distractors`\?"),
+    ],
+)
+def test_bad_synthetic_knobs_name_the_key(params, edit, expected):
+    params["datasets"]["target"]["synthetic"] = dict(SPLIT_FORM)
+    edit(params["datasets"]["target"]["synthetic"])
     with pytest.raises(UserError, match=expected):
         parse(params)
 
@@ -265,3 +339,47 @@ def test_range_checks_agree_with_the_installed_ultralytics():
     assert not missing, f"Ultralytics bounds {missing} to [0, 1]; add them to FRACTIONS in config/ultralytics_args.py"
     differ = {k: (v, ours.INT_MIN.get(k)) for k, v in int_min.items() if k in trained and ours.INT_MIN.get(k) != v}
     assert not differ, f"minimums differ from Ultralytics' CFG_INT_MIN (theirs, ours): {differ}; update INT_MIN"
+
+
+# --- replay (per stage `replay: {<dataset>: <fraction>}`, written to the stage's training list by trainset@<stage>) -----
+
+
+def test_replay_is_optional_and_sorted(params):
+    cfg = parse(params)
+    assert all(stage.replay == {} for stage in cfg.stages.values())  # absent = none
+    params["stages"]["stage3"]["replay"] = {"source": 1}  # an integer is a fraction: all of it
+    params["stages"]["baseline"]["replay"] = None  # null = none
+    params["datasets"]["extra"] = params["datasets"]["source"]
+    params["stages"]["stage2"]["replay"] = {"source": 0.2, "extra": 0.5}
+    cfg = parse(params)
+    assert cfg.stages["stage3"].replay == {"source": 1.0} and isinstance(cfg.stages["stage3"].replay["source"], float)
+    assert cfg.stages["baseline"].replay == {} and list(cfg.stages["stage2"].replay) == ["extra", "source"]
+    assert "replay" not in cfg.stages["stage3"].train_args  # ours, never passed to Ultralytics
+
+
+@pytest.mark.parametrize(
+    "replay, expected",
+    [
+        ({"sourc": 0.2}, r"`stages.stage3.replay.sourc` names no dataset: 'sourc'; replay one defined under .*did you mean `source`\?"),
+        ({"target": 0.2}, r"`stages.stage3.replay.target`: 'target' is the stage's own dataset"),
+        ({"source": 0}, r"`stages.stage3.replay.source` is 0.0; use a fraction in \(0, 1\] of source's train split"),
+        ({"source": 1.5}, r"`stages.stage3.replay.source` is 1.5; use a fraction in \(0, 1\]"),
+        ({"source": -0.1}, r"`stages.stage3.replay.source` is -0.1; use a fraction in \(0, 1\]"),
+        ({"source": "20%"}, r"`stages.stage3.replay.source` must be a number, got a string '20%'"),
+        ({"source": True}, r"`stages.stage3.replay.source` must be a number, got true or false True"),
+        ({"source": None}, r"`stages.stage3.replay.source` must be a number, got null"),
+        (["source"], r"`stages.stage3.replay` must be a mapping \(key: value\), got a list"),
+        (0.2, r"`stages.stage3.replay` must be a mapping \(key: value\), got a number"),
+        ({3: 0.2}, r"`stages.stage3.replay.3` must be a string, got an integer 3"),
+    ],
+)
+def test_bad_replay_names_the_key(params, replay, expected):
+    params["stages"]["stage3"]["replay"] = replay
+    with pytest.raises(UserError, match=expected):
+        parse(params)
+
+
+def test_a_misspelt_replay_key_is_suggested(params):
+    params["stages"]["stage3"]["replai"] = {"source": 0.2}
+    with pytest.raises(UserError, match=r"unknown key `stages.stage3.replai`; did you mean .*`replay`"):
+        parse(params)

@@ -1,5 +1,6 @@
-"""evaluate on real (tiny) checkpoints: metrics, the pycocotools cross-check, TTA, the dvc plots rows, and the
-paired bootstrap against the baseline (a model against itself: no difference; against a degraded copy: worse)."""
+"""evaluate on real (tiny) checkpoints: metrics, the pycocotools cross-check, TTA, the dvc plots rows, the
+paired bootstrap against the baseline (a model against itself: no difference; against a degraded copy: worse),
+and the forgetting matrix over several datasets."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import ClassVar
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from conftest import repo_params, shrink
 from stagetrain import evaluate, report, stats
@@ -45,9 +47,14 @@ def workspace(tmp_path_factory) -> Path:
 
 
 def eval_params(**evaluate_keys) -> dict:
+    """Test params scoring `baseline` on `target` alone (the forgetting matrix's own tests widen `datasets`)."""
     params = shrink(repo_params())
-    params["evaluate"].update({"models": [MODEL], **evaluate_keys})
+    params["evaluate"].update({"models": [MODEL], "datasets": ["target"], **evaluate_keys})
     return params
+
+
+def target_data(workspace: Path) -> dict[str, Path]:
+    return {"target": workspace / "organized/data.yaml"}
 
 
 def label_lines(labels: Path) -> int:
@@ -57,7 +64,7 @@ def label_lines(labels: Path) -> int:
 @pytest.mark.slow  # trains a model
 def test_real_model_metrics_cross_check_and_plots(workspace, tmp_path):
     cfg = parse(eval_params())
-    results = evaluate.run(cfg, workspace / "organized/data.yaml", workspace / "models", tmp_path / "work", tmp_path / "plots")
+    results = evaluate.run(cfg, target_data(workspace), workspace / "models", tmp_path / "work", tmp_path / "plots")
     m = results[MODEL]
     assert {"mAP50", "mAP50-95", "precision", "recall", "coco_mAP50", "coco_mAP50-95", "inference_ms_per_image"} <= set(m)
     assert set(m["per_class"]) == set(cfg.classes) and m["tta"] is False
@@ -115,7 +122,7 @@ class GroundTruthValidator(evaluate.EvalValidator):
 def test_cross_check_agrees_on_a_non_trivial_score(workspace, tmp_path):
     """Same predictions, two scorers: a wrong image id, category id or coordinate scale would put COCO near 0."""
     cfg = parse(eval_params(split="train"))  # the largest split: more boxes, smoother PR curves
-    m = evaluate.run(cfg, workspace / "organized/data.yaml", workspace / "models", tmp_path / "work", validator=GroundTruthValidator)[MODEL]
+    m = evaluate.run(cfg, target_data(workspace), workspace / "models", tmp_path / "work", validator=GroundTruthValidator)[MODEL]
     assert 0.2 < m["mAP50-95"] < 0.8 and m["mAP50"] > 0.3
     assert abs(m["coco_mAP50-95"] - m["mAP50-95"]) <= 0.01
     assert abs(m["coco_mAP50"] - m["mAP50"]) <= 0.02
@@ -138,7 +145,7 @@ def two_names_for_one_checkpoint(workspace: Path, models: Path) -> Path:
 def test_a_model_against_itself_shows_no_difference(workspace, tmp_path, validator, split):
     cfg = parse(eval_params(models=["stage3", "baseline"], split=split))
     models = two_names_for_one_checkpoint(workspace, tmp_path / "models")
-    results = evaluate.run(cfg, workspace / "organized/data.yaml", models, tmp_path / "work", validator=validator)
+    results = evaluate.run(cfg, target_data(workspace), models, tmp_path / "work", validator=validator)
     versus = results["stage3"]["vs_baseline"]
     assert "vs_baseline" not in results["baseline"] and versus["direction"] == "model - baseline"
     expected = (results["baseline"]["images"], cfg.evaluate.resamples, cfg.seed, cfg.evaluate.margin)
@@ -172,7 +179,7 @@ class DegradedCopyValidator(GroundTruthValidator):
 def test_a_degraded_copy_is_significantly_worse(workspace, tmp_path):
     cfg = parse(eval_params(models=["stage3", "baseline"], split="train"))  # the largest split: the tightest interval
     models = two_names_for_one_checkpoint(workspace, tmp_path / "models")
-    results = evaluate.run(cfg, workspace / "organized/data.yaml", models, tmp_path / "work", validator=DegradedCopyValidator)
+    results = evaluate.run(cfg, target_data(workspace), models, tmp_path / "work", validator=DegradedCopyValidator)
     versus = results["stage3"]["vs_baseline"]
     assert versus["map50_95"]["diff"] < 0 and versus["map50_95"]["ci_high"] < -cfg.evaluate.margin
     assert versus["map50"]["ci_high"] < 0 and versus["verdict"] == "keep baseline"
@@ -193,7 +200,7 @@ class RecordingValidator(evaluate.EvalValidator):
 @pytest.mark.slow  # trains a model
 def test_tta_reaches_the_validator(workspace, tmp_path):
     cfg = parse(eval_params(tta=True))
-    m = evaluate.run(cfg, workspace / "organized/data.yaml", workspace / "models", tmp_path / "work", validator=RecordingValidator)[MODEL]
+    m = evaluate.run(cfg, target_data(workspace), workspace / "models", tmp_path / "work", validator=RecordingValidator)[MODEL]
     assert RecordingValidator.augment == [True] and m["tta"] is True
 
 
@@ -257,3 +264,81 @@ def test_user_errors_name_the_key_or_file(tmp_path):
     data.write_text("train: images/train\nval: images/val\nnames: {0: a}\n")
     with pytest.raises(UserError, match=r"data.yaml: no `test` split"):
         evaluate.split_images(data, "test")
+
+
+def counting(validator: type) -> type:
+    """``validator`` that records the (dataset, model) of every checkpoint it scores (evaluate's work folders)."""
+
+    class Counted(validator):
+        scored: ClassVar[list[tuple[str, str]]] = []
+
+        def init_metrics(self, model) -> None:
+            Counted.scored.append(tuple(Path(self.save_dir).parts[-2:]))
+            super().init_metrics(model)
+
+    return Counted
+
+
+def matrix_data(workspace: Path, root: Path, cfg) -> dict[str, Path]:
+    """target (the workspace's), source (organized here, nothing trained on it) and pool (no `train` split)."""
+    sources.run(cfg, "source", root / "raw_source")
+    organize.run(cfg, "source", root / "raw_source", root / "source")
+    data = yaml.safe_load((workspace / "organized/data.yaml").read_text())
+    (root / "pool").mkdir()
+    (root / "pool/data.yaml").write_text(yaml.safe_dump({k: v for k, v in data.items() if k != "train"}))
+    return {**target_data(workspace), "source": root / "source/data.yaml", "pool": root / "pool/data.yaml"}
+
+
+@pytest.mark.slow  # trains a model
+def test_forgetting_matrix_scores_every_pair_once(workspace, tmp_path):
+    """stage1 -> stage2 -> stage3 and baseline are one checkpoint and the ground-truth oracle scores them all alike:
+    every drop is exactly 0 (CI contains 0) on a non-trivial score; stage3's reference on `source` is stage1."""
+    params = eval_params(models=["stage3", "baseline"], split="train", datasets=["source", "target", "pool"])
+    params["datasets"]["pool"] = params["datasets"]["target"]
+    cfg = parse(params)
+    models = two_names_for_one_checkpoint(workspace, tmp_path / "models")
+    shutil.copytree(models / "stage3", models / "stage1")  # a reference outside `evaluate.models`
+    validator = counting(GroundTruthValidator)
+    results = evaluate.run(cfg, matrix_data(workspace, tmp_path, cfg), models, tmp_path / "work", validator=validator)
+    # target's pairs are the verdict's, reused; stage1 is scored on source only, as stage3's reference there
+    expected = [("target", "stage3"), ("target", "baseline"), ("source", "stage3"), ("source", "baseline"), ("source", "stage1")]
+    assert validator.scored == expected
+    matrix = results["forgetting"]
+    assert list(matrix["datasets"]) == ["source", "target", "pool"]
+    assert matrix["datasets"]["pool"] == {"skipped": "no `train` split in its data.yaml"}
+    source, target = matrix["datasets"]["source"], matrix["datasets"]["target"]
+    assert source["images"] == len(list((tmp_path / "source/images/train").iterdir())) and source["instances"] > 0
+    assert list(source["models"]) == list(target["models"]) == ["stage3", "baseline"]
+    drop = source["models"]["stage3"]
+    assert drop["reference"] == "stage1" and drop["mAP50-95"] > 0.2
+    for metric in ("drop_mAP50-95", "drop_mAP50"):
+        assert drop[metric]["diff"] == 0 and drop[metric]["ci_low"] <= 0 <= drop[metric]["ci_high"]
+    assert source["models"]["baseline"]["reference"] is None and source["models"]["baseline"]["note"] == "not trained on it"
+    for name in ("stage3", "baseline"):  # trained on target: no drop, and the very score of the verdict's table
+        assert target["models"][name]["reference"] == name and "drop_mAP50-95" not in target["models"][name]
+        assert target["models"][name]["mAP50-95"] == pytest.approx(results[name]["coco_mAP50-95"], abs=2e-6)
+    assert set(results) == {"stage3", "baseline", "forgetting"} and json.loads(json.dumps(results)) == results
+    text = report.render(cfg, {}, results)
+    assert text.index("## Verdict") < text.index("## Forgetting matrix")
+    assert f"| model | source ({source['images']} train images) | target ({target['images']} train images) |" in text
+    assert "| stage3 | " in text and "(+0.0 [+0.0, +0.0] vs stage1)" in text and "(not trained on it)" in text
+    assert "Not scored: `pool`: no `train` split in its data.yaml." in text
+    assert "Reading: `stage3` kept its mAP50-95 on `source` vs `stage1` within noise" in text
+
+
+def test_unscorable_datasets_say_why(tmp_path):
+    data = tmp_path / "data.yaml"
+    data.write_text("train: images/train\nval: images/val\nnames: {0: a}\n")
+    assert evaluate.unscorable(data, "test") == "no `test` split in its data.yaml"
+    data.write_text("train: images/train\ntest: images/test\nnames: {0: a}\n")
+    (tmp_path / "images/test").mkdir(parents=True)
+    assert evaluate.unscorable(data, "test") == "its `test` split holds no images"
+    for name in ("a.jpg", "b.jpg"):
+        (tmp_path / "images/test" / name).write_bytes(b"")  # listed by name, never opened
+    (tmp_path / "labels/test").mkdir(parents=True)
+    (tmp_path / "labels/test/a.txt").write_text("")  # an image without boxes; b.jpg has no label file at all
+    assert evaluate.unscorable(data, "test") == "its `test` split holds no labelled box (2 images): mAP is undefined"
+    (tmp_path / "labels/test/b.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    assert evaluate.unscorable(data, "test") is None
+    with pytest.raises(UserError, match=r"missing/data.yaml does not exist; run organize for that dataset first"):
+        evaluate.unscorable(tmp_path / "missing/data.yaml", "test")

@@ -349,3 +349,37 @@ def test_a_data_yaml_that_does_not_parse_is_a_user_error_naming_it(tmp_path, cfg
     write(tmp_path / "raw/classes.txt", "\n".join(CLASSES) + "\n")  # a fallback must not hide the broken yaml
     with pytest.raises(UserError, match=r"data.yaml: not a YAML file Ultralytics can read \(ParserError"):
         organize.run(cfg, "target", tmp_path / "raw", tmp_path / "out")
+
+
+def make_voc(raw):
+    for i, split in enumerate(["train"] * 6 + ["valid"] * 3 + ["test"] * 3):
+        boxes = render(raw / split / f"v{i}.jpg", i)
+        (raw / split / f"v{i}.xml").write_text(voc_xml(f"v{i}.jpg", SIZE, boxes))
+
+
+LAYOUTS = {
+    "roboflow yolo": make_roboflow_yolo,
+    "coco": lambda raw: make_coco(raw, "train", range(6)) | make_coco(raw, "valid", range(6, 9)) | make_coco(raw, "test", range(9, 12)),
+    "voc": make_voc,
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_a_top_level_pool_folder_is_passed_through_and_never_read_as_annotated_data(tmp_path, cfg, layout):
+    LAYOUTS[layout](tmp_path / "plain")
+    plain = organize.run(cfg, "target", tmp_path / "plain", tmp_path / "plain_out")
+    LAYOUTS[layout](tmp_path / "raw")
+    pool = tmp_path / "raw/pool"
+    for i in range(3):  # unlabelled images, one in a subfolder, beside files that look like every format's annotations
+        render(pool / ("more" if i == 2 else "") / f"p{i}.jpg", 100 + i, 96)
+    write(pool / "labels/p0.txt", "0 0.5 0.5 0.1 0.1\n")
+    write(pool / "p1.xml", voc_xml("p1.jpg", 96, [(0, 0.5, 0.5, 0.2, 0.2)]))
+    write(pool / "_annotations.coco.json", json.dumps({"images": [], "annotations": [], "categories": [{"id": 0, "name": "x"}]}))
+    write(pool / "data.yaml", "names: [something, else]\n")
+    report = organize.run(cfg, "target", tmp_path / "raw", tmp_path / "out")
+    assert report["pool"] == {"found": 3, "images": 3, "skipped": 0, "duplicates_removed": 0, "removed": []}
+    assert {k: v for k, v in report.items() if k != "pool"} == json.loads(json.dumps(plain).replace("plain", "raw"))
+    assert sorted(p.name for p in (tmp_path / "out/images/pool").iterdir()) == ["p0.jpg", "p1.jpg", "p2.jpg"]
+    assert not (tmp_path / "out/labels/pool").exists()
+    assert set(yaml.safe_load((tmp_path / "out/data.yaml").read_text())) == {"train", "val", "test", "names"}
+    assert "pool" not in plain and not (tmp_path / "plain_out/images/pool").exists()

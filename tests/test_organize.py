@@ -134,6 +134,7 @@ def test_dedupe_across_datasets_keeps_shared_images_out_of_val_and_test(tmp_path
         "file": str(tmp_path / "raw/target/images/target_00000.jpg"),
         "split": None,
         "duplicate_of": str(tmp_path / "raw/source/images/zz_shared_0.jpg"),
+        "distance": 0,
         "reason": "identical image in another dataset",
     }
     assert sum(reports["target"]["images"].values()) == 40 and reports["target"]["images"]["test"] == 6
@@ -159,6 +160,7 @@ def test_source_split_is_kept_and_a_duplicate_leaves_the_test_split(tmp_path, pa
             "file": str(test_image),
             "split": "test",
             "duplicate_of": str(raw / "images/train/copy.jpg"),
+            "distance": 0,
             "reason": "identical to an image kept in this dataset (train)",
         }
     ]

@@ -44,6 +44,7 @@ def repo(tmp_path_factory):
         "organize@source",
         "organize@target",
         "base",
+        *(f"trainset@{s}" for s in STAGES),
         *(f"train@{s}" for s in STAGES),
         "evaluate",
         "export",
@@ -74,7 +75,9 @@ def test_every_output_exists_and_parses(repo):
         assert (plots / "train" / "box_loss.tsv").exists() and (plots / "val" / "mAP50.tsv").exists()
     assert yaml.safe_load((repo / "models/stage2/args.yaml").read_text())["freeze"] == list(range(10))
     evaluation = json.loads((repo / "metrics/eval.json").read_text())
-    assert set(evaluation) == {"stage3", "baseline"}
+    assert set(evaluation) == {"stage3", "baseline", "forgetting"}
+    matrix = evaluation["forgetting"]["datasets"]
+    assert {"source", "target"} <= set(matrix) and matrix["source"]["models"]["stage3"]["reference"] == "stage1"
     assert set(evaluation["stage3"]["per_class"]) == set(cfg_classes)
     assert "## Verdict" in (repo / "metrics/report.md").read_text()
     export = json.loads((repo / "metrics/export.json").read_text())
@@ -106,7 +109,8 @@ def test_second_repro_runs_nothing(repo):
 
 def test_stage3_param_change_reruns_only_downstream(repo):
     output = dvc(repo, "exp", "run", "-S", "stages.stage3.lr0=0.0002")
-    assert sorted(ran(output)) == ["evaluate", "export", "train@stage3"]
+    # trainset@stage3 depends on the whole stage block (`replay:` is optional): it reruns in seconds, its list unchanged
+    assert sorted(ran(output)) == ["evaluate", "export", "train@stage3", "trainset@stage3"]
     diff = dvc(repo, "params", "diff")
     assert "stages.stage3.lr0" in diff and "0.0002" in diff
 
@@ -125,3 +129,14 @@ def test_plots_show_draws_every_stage_and_the_eval_plots(repo, tmp_path):
     assert {"recall", "precision"} == set(pr[0]) and {"actual", "predicted"} == set(confusion[0])
     report = (repo / "metrics/report.md").read_text()
     assert "pycocotools mAP50-95" in report and "## Export of `stage3`" in report
+
+
+def test_replay_experiment_adds_source_images_to_stage3(repo):
+    """The README's replay experiment: a fraction of the source's train split joins stage3's training list."""
+    output = dvc(repo, "exp", "run", "-S", "++stages.stage3.replay={source: 0.5}")
+    assert sorted(ran(output)) == ["evaluate", "export", "train@stage3", "trainset@stage3"]
+    listed = (repo / "data/trainsets/stage3/train.txt").read_text().splitlines()
+    replayed = [line for line in listed if line.startswith("./../../organized/source/images/train/")]
+    metrics = json.loads((repo / "metrics/stage3.json").read_text())
+    assert metrics["replayed_images"] == {"source": len(replayed)} and replayed and metrics["train_images"] == len(listed)
+    assert "Data and pipelines are up to date" in dvc(repo, "repro")  # Ultralytics' labels cache under organized/ changes no hash

@@ -18,7 +18,7 @@ from werkzeug.serving import make_server
 from stagetrain.tools import repo as repro
 
 pytestmark = pytest.mark.slow
-OUTPUT_DIRS = ("data/raw", "data/organized", "models", "metrics")
+OUTPUT_DIRS = ("data/raw", "data/organized", "data/trainsets", "models", "metrics")
 KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 
 

@@ -3,13 +3,14 @@
 The verdict follows the 95% interval of Δ test mAP50-95 (model - baseline) against `evaluate.margin`:
 adopt above +margin, keep the baseline below -margin (and name the stage that lost ground), else no
 detectable difference: prefer the simpler baseline, quoting the smallest difference the split can detect.
+After the verdict comes the forgetting matrix: a model x dataset table, skipped datasets, and one line reading it.
 """
 
 from __future__ import annotations
 
-from stagetrain import stats
+from stagetrain import forgetting, stats
 from stagetrain.config import parse
-from stagetrain.report import render, verdict
+from stagetrain.report import forgetting_lines, render, verdict
 
 
 def _versus(diff: float, low: float, high: float, margin: float = 0.01, detectable: float = 0.015) -> dict:
@@ -101,3 +102,60 @@ def test_table_shows_the_difference_its_interval_and_the_detectable_difference(p
     assert "paired bootstrap 95% interval over the 45 test images (1000 resamples, seed 0)" in text
     assert "(1.96 × the bootstrap standard error)" in text
     assert text.rstrip().endswith(verdict(parse(params), _stages(0.6, 0.7, 0.8, 0.7), _eval(_versus(0.05, 0.03, 0.07))))
+
+
+def hand_matrix(drop: dict) -> dict:
+    """A `forgetting` entry as evaluate writes it: stage3 lost `drop` on source, pool skipped."""
+    cell = {"mAP50-95": 0.4, "mAP50": 0.7, "reference": "stage1", "reference_mAP50-95": 0.5, "drop_mAP50-95": drop, "drop_mAP50": drop}
+    return {
+        "split": "test",
+        "direction": "model - reference",
+        "resamples": 1000,
+        "seed": 0,
+        "confidence": 0.95,
+        "seconds": 1.0,
+        "datasets": {
+            "source": {
+                "images": 150,
+                "instances": 900,
+                "models": {"stage3": cell, "baseline": {"mAP50-95": 0.05, "mAP50": 0.1, "reference": None, "note": "not trained on it"}},
+            },
+            "target": {
+                "images": 300,
+                "instances": 1500,
+                "models": {
+                    "stage3": {"mAP50-95": 0.45, "mAP50": 0.8, "reference": "stage3", "note": forgetting.TRAINED_HERE},
+                    "baseline": {"mAP50-95": 0.44, "mAP50": 0.8, "reference": "baseline", "note": forgetting.TRAINED_HERE},
+                },
+            },
+            "pool": {"skipped": "no `test` split in its data.yaml"},
+        },
+    }
+
+
+def test_report_table_skips_and_reading():
+    lines = forgetting_lines(hand_matrix({"diff": -0.1, "ci_low": -0.13, "ci_high": -0.07}))
+    assert lines[:4] == [
+        "## Forgetting matrix",
+        "",
+        "| model | source (150 test images) | target (300 test images) |",
+        "| --- | --- | --- |",
+    ]
+    assert "| stage3 | 0.400 (-10.0 [-13.0, -7.0] vs stage1) | 0.450 (trained on it) |" in lines
+    assert "| baseline | 0.050 (not trained on it) | 0.440 (trained on it) |" in lines
+    assert "Not scored: `pool`: no `test` split in its data.yaml." in lines
+    assert lines[-1] == "Reading: `stage3` lost 10.0 pt mAP50-95 on `source` vs `stage1` (0.500 → 0.400, 95% CI [-13.0, -7.0] pt)."
+    gained = forgetting_lines(hand_matrix({"diff": 0.02, "ci_low": 0.01, "ci_high": 0.03}))[-1]
+    assert gained.startswith("Reading: `stage3` gained 2.0 pt mAP50-95 on `source` vs `stage1`")
+    noise = forgetting_lines(hand_matrix({"diff": -0.01, "ci_low": -0.03, "ci_high": 0.01}))[-1]
+    assert noise.startswith("Reading: `stage3` kept its mAP50-95 on `source` vs `stage1` within noise (-1.0 pt;")
+
+
+def test_report_places_the_matrix_after_the_verdict_and_keeps_it_out_of_the_model_tables(params):
+    cfg = parse(params)
+    entry = {"mAP50": 0.6, "mAP50-95": 0.3, "precision": 0.5, "recall": 0.5, "coco_mAP50-95": 0.31}
+    evaluation = {"baseline": entry, "forgetting": hand_matrix({"diff": -0.1, "ci_low": -0.13, "ci_high": -0.07})}
+    text = render(cfg, {}, evaluation)
+    assert text.index("## Verdict") < text.index("## Forgetting matrix") and "| forgetting |" not in text
+    assert "No verdict: `evaluate.models` holds only the baseline." in text  # the matrix is no candidate
+    assert "Reading: `stage3` lost 10.0 pt" in text and text.endswith("\n")

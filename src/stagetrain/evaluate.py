@@ -9,6 +9,9 @@ Per model it also returns the test PR curve and the confusion rows that ``dvc pl
 The same predictions and ground truth feed a paired bootstrap over the test images (``stats``):
 every model but ``baseline`` gets, in eval.json, the difference to the baseline in mAP50-95 and
 mAP50 with a 95% interval, the smallest difference the split can detect, and the verdict.
+
+The forgetting matrix (``forgetting``) scores the models once more on the split of every dataset of
+``evaluate.datasets``: each (model, dataset) pair is scored once, the pairs above included.
 """
 
 from __future__ import annotations
@@ -18,21 +21,25 @@ import io
 import json
 import shutil
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+import yaml
 from PIL import Image
 
-from stagetrain import stats, ultra
+from stagetrain import forgetting, stats, ultra
 from stagetrain.config import Config, EvaluateSpec
 from stagetrain.data.organized import split_images
+from stagetrain.errors import UserError
 from stagetrain.train import checkpoint
 
 MAX_DET = 300  # detections kept per image: Ultralytics' val default, and COCOeval's maxDets to match it
 PR_POINTS = 101  # recall steps of the PR curve written for dvc plots (COCO's 101-point grid)
 BACKGROUND = "background"
 BASELINE = EvaluateSpec.BASELINE
+FORGETTING = EvaluateSpec.FORGETTING
 
 
 # Ultralytics' detection validator that fills the confusion matrix with plots off (at conf 0.25, Ultralytics'
@@ -230,32 +237,80 @@ def evaluate_model(cfg: Config, weights: Path, data_yaml: Path, work_dir: Path, 
     )
 
 
-def run(
-    cfg: Config, data_yaml: Path, models_dir: Path, work_dir: Path, plots_dir: Path | None = None, validator: type = EvalValidator
-) -> dict:
-    """Evaluate every ``evaluate.models`` checkpoint; returns ``{model: metrics}``.
+def data_yamls(cfg: Config, organized: Path) -> dict[str, Path]:
+    """``{dataset: data.yaml}`` under the organized root for ``evaluate.dataset`` and every dataset of the matrix."""
+    return {name: organized / name / "data.yaml" for name in dict.fromkeys((cfg.evaluate.dataset, *cfg.evaluate.datasets))}
 
-    Every model but the baseline carries ``vs_baseline`` (see ``versus_baseline``), or
-    ``{"skipped": why}`` when the baseline is not among ``evaluate.models``. With ``plots_dir``,
-    writes ``pr/<model>.json`` and ``confusion/<model>.json`` there (the folders dvc.yaml declares
-    as plots), replacing whatever an earlier run left.
+
+def unscorable(data_yaml: Path, split: str) -> str | None:
+    """Why ``split`` of an organized dataset cannot be scored (no such split, no image, no labelled box), or None."""
+    if not data_yaml.is_file():
+        raise UserError(f"{data_yaml} does not exist; run organize for that dataset first (`dvc repro` runs it)")
+    if not (yaml.safe_load(data_yaml.read_text()) or {}).get(split):
+        return f"no `{split}` split in its data.yaml"
+    try:
+        images = split_images(data_yaml, split)
+    except UserError:
+        return f"its `{split}` split holds no images"
+    labels = (Path(label) for label in ultra.img2label_paths([str(image) for image in images]))
+    if not any(label.is_file() and label.read_text().strip() for label in labels):
+        return f"its `{split}` split holds no labelled box ({len(images)} images): mAP is undefined"
+    return None
+
+
+def run(
+    cfg: Config,
+    data: Mapping[str, Path],
+    models_dir: Path,
+    work_dir: Path,
+    plots_dir: Path | None = None,
+    validator: type = EvalValidator,
+) -> dict:
+    """Evaluate every ``evaluate.models`` checkpoint and build the forgetting matrix; returns eval.json's content.
+
+    ``data`` maps each dataset (``evaluate.dataset`` and those of ``evaluate.datasets``, see
+    ``data_yamls``) to its organized data.yaml. The result holds ``{model: metrics}`` on
+    ``evaluate.dataset``, and under ``forgetting`` the matrix (``forgetting.matrix``). Every model
+    but the baseline carries ``vs_baseline`` (see ``versus_baseline``), or ``{"skipped": why}`` when
+    the baseline is not among ``evaluate.models``. With ``plots_dir``, writes ``pr/<model>.json`` and
+    ``confusion/<model>.json`` there (the folders dvc.yaml declares as plots), replacing whatever an
+    earlier run left.
     """
-    results, records = {}, {}
+    missing = [name for name in (cfg.evaluate.dataset, *cfg.evaluate.datasets) if name not in data]
+    if missing:
+        raise UserError(f"evaluate: no data.yaml given for dataset(s) {', '.join(missing)}")
+    # checked first: a missing data.yaml fails before minutes of scoring, not after
+    skipped = {name: why for name in cfg.evaluate.datasets if (why := unscorable(data[name], cfg.evaluate.split)) is not None}
+    scored: dict[tuple[str, str], ModelEvaluation] = {}
+
+    def score(model: str, dataset: str) -> ModelEvaluation:
+        if (dataset, model) not in scored:
+            weights, folder = models_dir / model / "best.pt", work_dir / dataset / model
+            scored[dataset, model] = evaluate_model(cfg, weights, data[dataset], folder, validator)
+        return scored[dataset, model]
+
+    results = {}
     for sub in ("pr", "confusion"):
         if plots_dir is not None:
             shutil.rmtree(plots_dir / sub, ignore_errors=True)
             (plots_dir / sub).mkdir(parents=True)
     for name in cfg.evaluate.models:
-        evaluation = evaluate_model(cfg, models_dir / name / "best.pt", data_yaml, work_dir / name, validator)
-        results[name], records[name] = evaluation.metrics, evaluation.records
+        evaluation = score(name, cfg.evaluate.dataset)
+        results[name] = evaluation.metrics
         if plots_dir is not None:
             (plots_dir / "pr" / f"{name}.json").write_text(json.dumps(evaluation.pr_curve) + "\n")
             (plots_dir / "confusion" / f"{name}.json").write_text(json.dumps(evaluation.confusion) + "\n")
     for name in (n for n in results if n != BASELINE):
         results[name]["vs_baseline"] = (
-            versus_baseline(records[BASELINE], records[name], cfg)
-            if BASELINE in records
+            versus_baseline(scored[cfg.evaluate.dataset, BASELINE].records, scored[cfg.evaluate.dataset, name].records, cfg)
+            if BASELINE in results
             else {"skipped": f"`{BASELINE}` is not in `evaluate.models`: no comparison made"}
         )
+    records = {
+        dataset: {model: score(model, dataset).records for model in forgetting.to_score(cfg, dataset)}
+        for dataset in cfg.evaluate.datasets
+        if dataset not in skipped
+    }
+    results[FORGETTING] = forgetting.matrix(cfg, records, skipped)
     shutil.rmtree(work_dir, ignore_errors=True)
     return results

@@ -5,6 +5,9 @@ through the 95% paired bootstrap interval of the difference that evaluate stores
 (``vs_baseline``): adopt the model when the whole interval lies above ``evaluate.margin``; keep the
 baseline when it lies below -margin, naming the stage where val mAP50 fell (forgetting); otherwise
 there is no detectable difference and the simpler single-stage baseline is preferred.
+
+After the verdict, the forgetting matrix (eval.json's ``forgetting``): each model on every dataset's
+test split, with its drop against the stage that trained on that dataset, and one line reading it.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from stagetrain.config import Config, EvaluateSpec
 from stagetrain.stats import Decision
 
 BASELINE = EvaluateSpec.BASELINE
+FORGETTING = EvaluateSpec.FORGETTING
 
 
 def chain(cfg: Config, stage: str) -> list[str]:
@@ -26,8 +30,14 @@ def chain(cfg: Config, stage: str) -> list[str]:
     return names
 
 
+def models_of(evaluation: dict[str, dict]) -> dict[str, dict]:
+    """eval.json's per-model entries (on ``evaluate.dataset``), without the forgetting matrix beside them."""
+    return {name: entry for name, entry in evaluation.items() if name != FORGETTING}
+
+
 def verdict(cfg: Config, stage_metrics: dict[str, dict], evaluation: dict[str, dict]) -> str:
     """The decision of the report, one paragraph per evaluated model against the baseline."""
+    evaluation = models_of(evaluation)
     if BASELINE not in evaluation:
         return f"No verdict: add the single-stage `{BASELINE}` to `evaluate.models` to compare against it."
     candidates = [name for name in evaluation if name != BASELINE]
@@ -164,7 +174,8 @@ def evaluation_lines(cfg: Config, evaluation: dict[str, dict]) -> list[str]:
 
 
 def render(cfg: Config, stage_metrics: dict[str, dict], evaluation: dict[str, dict], export: dict | None = None) -> str:
-    """The markdown report: stage table (val), test table with the pycocotools cross-check, export, verdict."""
+    """The markdown report: stage table (val), test table with the pycocotools cross-check, export, verdict, forgetting."""
+    matrix, evaluation = evaluation.get(FORGETTING), models_of(evaluation)
     # Val deltas only compare stages validated on the baseline's dataset: other val splits are other questions.
     base_dataset = cfg.stages[BASELINE].dataset if BASELINE in cfg.stages else None
     lines = ["# stagetrain report", "", "## Stages (val split of each stage's dataset)", ""]
@@ -212,4 +223,52 @@ def render(cfg: Config, stage_metrics: dict[str, dict], evaluation: dict[str, di
         lines += ["", f"Cross-check: pycocotools scores the same predictions within {max(gaps):.4f} mAP50-95 of Ultralytics."]
     lines += export_lines(export) if export else []
     lines += ["", "## Verdict", "", verdict(cfg, stage_metrics, evaluation), ""]
+    lines += [*forgetting_lines(matrix), ""] if matrix else []
     return "\n".join(lines)
+
+
+def forgetting_lines(matrix: dict) -> list[str]:
+    """The model x dataset table of eval.json's ``forgetting``, the datasets it skipped, and one line reading it."""
+    scored = {name: entry for name, entry in matrix["datasets"].items() if "models" in entry}
+    lines = ["## Forgetting matrix", ""]
+    if scored:
+        header = ["model", *(f"{name} ({entry['images']} {matrix['split']} images)" for name, entry in scored.items())]
+        lines += [_row(header), _row(["---"] * len(header))]
+        for model in dict.fromkeys(m for entry in scored.values() for m in entry["models"]):
+            lines += [_row([model, *(_matrix_cell(entry["models"].get(model)) for entry in scored.values())])]
+        note = (
+            f"Test mAP50-95 (COCO, pycocotools-exact); in brackets the drop: model − the last stage of its chain trained on that "
+            f"dataset, in points, with its {matrix['confidence']:.0%} paired-bootstrap interval ({matrix['resamples']} resamples, "
+            f"seed {matrix['seed']})."
+        )
+        lines += ["", note]
+    lines += [f"Not scored: `{name}`: {entry['skipped']}." for name, entry in matrix["datasets"].items() if "skipped" in entry]
+    return [*lines, "", forgetting_reading(matrix)]
+
+
+def _matrix_cell(cell: dict | None) -> str:
+    if cell is None:
+        return "-"
+    if "drop_mAP50-95" not in cell:
+        return f"{cell['mAP50-95']:.3f} ({'trained on it' if cell['reference'] else 'not trained on it'})"
+    return f"{cell['mAP50-95']:.3f} ({_with_ci(cell['drop_mAP50-95'])} vs {cell['reference']})"
+
+
+def forgetting_reading(matrix: dict) -> str:
+    """One line: what each model lost (or gained) on a dataset an earlier stage of its chain trained on."""
+    readings = []
+    for dataset, entry in matrix["datasets"].items():
+        for model, cell in entry.get("models", {}).items():
+            if "drop_mAP50-95" not in cell:
+                continue
+            drop, ref = cell["drop_mAP50-95"], cell["reference"]
+            change = f"{cell['reference_mAP50-95']:.3f} → {cell['mAP50-95']:.3f}, 95% CI [{_pt(drop['ci_low'])}, {_pt(drop['ci_high'])}] pt"
+            if drop["ci_high"] < 0:
+                readings.append(f"`{model}` lost {_pt(-drop['diff'], sign=False)} pt mAP50-95 on `{dataset}` vs `{ref}` ({change})")
+            elif drop["ci_low"] > 0:
+                readings.append(f"`{model}` gained {_pt(drop['diff'], sign=False)} pt mAP50-95 on `{dataset}` vs `{ref}` ({change})")
+            else:
+                readings.append(f"`{model}` kept its mAP50-95 on `{dataset}` vs `{ref}` within noise ({_pt(drop['diff'])} pt; {change})")
+    if not readings:
+        return "Reading: no evaluated model was trained on a dataset before moving on to another: nothing to forget here."
+    return "Reading: " + "; ".join(readings) + "."

@@ -259,6 +259,24 @@ def resolve_device(device: object) -> object:
     return device
 
 
+# --- datasets -----------------------------------------------------------------------------------
+
+
+def read_split(data_yaml: Path, split: str = "train", imgsz: int = 64) -> tuple[list[str], list[dict[str, Any]]]:
+    """A data.yaml split as Ultralytics' trainer reads it (``check_det_dataset``, then ``YOLODataset``): image files, labels.
+
+    Labels carry ``im_file`` and ``cls`` (an n x 1 array of class ids). Reading writes Ultralytics' labels cache
+    (``<first label folder>.cache``) as training does.
+    """
+    load()
+    from ultralytics.data import YOLODataset
+    from ultralytics.data.utils import check_det_dataset
+
+    data = check_det_dataset(str(data_yaml))
+    dataset = YOLODataset(img_path=data[split], data=data, imgsz=imgsz, augment=False, prefix=f"{split}: ")
+    return list(dataset.im_files), list(dataset.labels)
+
+
 # --- trainer: callbacks and attributes ------------------------------------------------------------
 
 BOX_METRICS = {  # Ultralytics' validator keys -> our flat names

@@ -7,20 +7,55 @@ from types import MappingProxyType
 from typing import Any
 
 from stagetrain.config.checks import at_least, check_keys, name, one_of, require, suggest, typed
-from stagetrain.config.schema import DATASET_KINDS, SYNTHETIC_DOMAINS, DatasetSpec
+from stagetrain.config.schema import DATASET_KINDS, SYNTHETIC_DOMAINS, SYNTHETIC_KNOBS, SYNTHETIC_SPLITS, DatasetSpec
 from stagetrain.errors import UserError
 
 # Formats organize reads. Roboflow's are its export ids (the SDK maps yolov5/yolov7 to yolov5pytorch/
 # yolov7pytorch); a local source names its layout, or `auto` lets organize detect it.
 ROBOFLOW_FORMATS = ("yolov8", "yolov5", "yolov7", "yolov9", "yolov11", "yolov12", "coco", "voc")
 LOCAL_FORMATS = ("auto", "roboflow", "yolo", "coco", "voc")
+MAX_SYNTHETIC_IMAGES = 1_000_000  # per split: render index ranges of splits are 2**32 apart, and a million is already hours
+
+
+def _at_most(value: float, high: float, at: str, src: str, why: str) -> None:
+    if value > high:
+        raise UserError(f"{src}: `{at}` is {value!r}; use a value <= {high} ({why})")
 
 
 def _synthetic(options: Mapping[str, Any], where: str, src: str) -> None:
-    check_keys(options, ("images", "size", "domain"), where, src)
-    for key in ("images", "size"):
-        at_least(require(options, key, int, where, src), 1, f"{where}.{key}", src)
+    """Two exclusive forms: ``images: N`` (organize splits it by ratio) or fixed ``train/val/test[/pool]`` counts."""
+    check_keys(options, ("images", *SYNTHETIC_SPLITS, "size", "domain", *SYNTHETIC_KNOBS), where, src)
+    fixed = [key for key in SYNTHETIC_SPLITS if key in options]
+    if "images" in options and fixed:
+        raise UserError(
+            f"{src}: `{where}` sets both `images` (one pool that organize splits by `organize.split`) and "
+            f"{', '.join(f'`{k}`' for k in fixed)} (a fixed split the generator writes); keep one form"
+        )
+    if "images" not in options and not fixed:
+        raise UserError(
+            f"{src}: `{where}` needs image counts: `images: N` (organize splits them by `organize.split`) "
+            "or `train: N, val: N, test: N` (a fixed split; optional `pool: N` unlabelled images)"
+        )
+    for key in ("images",) if "images" in options else SYNTHETIC_SPLITS:
+        if key == "pool" and key not in options:
+            continue
+        count = require(options, key, int, where, src)
+        at_least(count, 0 if key == "pool" else 1, f"{where}.{key}", src)
+        _at_most(count, MAX_SYNTHETIC_IMAGES, f"{where}.{key}", src, "images per split")
+    at_least(require(options, "size", int, where, src), 16, f"{where}.size", src, "image side in px")
     one_of(require(options, "domain", str, where, src), SYNTHETIC_DOMAINS, f"{where}.domain", src)
+    if "cones" in options:
+        cones = typed(options["cones"], int, f"{where}.cones", src)
+        at_least(cones, 1, f"{where}.cones", src, "at most this many cones per image")
+        _at_most(cones, 100, f"{where}.cones", src, "at most this many cones per image")
+    if "distractors" in options:
+        distractors = typed(options["distractors"], int, f"{where}.distractors", src)
+        at_least(distractors, 0, f"{where}.distractors", src, "at most this many distractors per image")
+        _at_most(distractors, 50, f"{where}.distractors", src, "at most this many distractors per image")
+    if "min_visible" in options:
+        visible = typed(options["min_visible"], float, f"{where}.min_visible", src)
+        at_least(visible, 0, f"{where}.min_visible", src, "visible fraction of a cone below which it is left out", strict=True)
+        _at_most(visible, 1, f"{where}.min_visible", src, "a fraction of the cone's silhouette")
 
 
 def _roboflow(options: Mapping[str, Any], where: str, src: str) -> None:

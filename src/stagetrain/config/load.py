@@ -11,9 +11,11 @@ import yaml
 
 from stagetrain import ultra
 from stagetrain.config import datasets, graph, stages
-from stagetrain.config.checks import at_least, check_keys, name, one_of, require, section, str_list, typed
+from stagetrain.config.checks import at_least, check_keys, name, one_of, require, section, str_list, suggest, typed
 from stagetrain.config.schema import BASE, EXPORT_FORMATS, ON_BAD, SPLITS, TOP_LEVEL_KEYS, Config, EvaluateSpec, ExportSpec, OrganizeSpec
 from stagetrain.errors import UserError
+
+MAX_NEAR_DUPLICATES = 64  # a quarter of the perceptual hash's bits: beyond it, different images start to match
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -62,7 +64,7 @@ def _classes(raw: Mapping[str, Any], src: str) -> tuple[str, ...]:
 
 def _organize(raw: Mapping[str, Any], src: str) -> OrganizeSpec:
     organize = section(raw, "organize", "", src)
-    check_keys(organize, ("split", "on_bad", "dedupe"), "organize", src)
+    check_keys(organize, ("split", "on_bad", "dedupe", "near_duplicates"), "organize", src)
     fractions = require(organize, "split", dict, "organize", src)
     check_keys(fractions, SPLITS, "organize.split", src)
     split = {k: typed(v, float, f"organize.split.{k}", src) for k, v in fractions.items()}
@@ -70,7 +72,19 @@ def _organize(raw: Mapping[str, Any], src: str) -> OrganizeSpec:
         raise UserError(f"{src}: `organize.split` needs train, val and test fractions > 0 that sum to 1, got {split}")
     on_bad = require(organize, "on_bad", str, "organize", src)
     one_of(on_bad, ON_BAD, "organize.on_bad", src, "skip leaves bad files out and lists them in the report")
-    return OrganizeSpec(MappingProxyType(split), on_bad, require(organize, "dedupe", bool, "organize", src))
+    dedupe = require(organize, "dedupe", bool, "organize", src)
+    near = organize.get("near_duplicates")
+    near = 0 if near is None else typed(near, int, "organize.near_duplicates", src)  # null = off, as 0
+    if not 0 <= near <= MAX_NEAR_DUPLICATES:
+        raise UserError(
+            f"{src}: `organize.near_duplicates` is {near}; use 0 (off) to {MAX_NEAR_DUPLICATES} bits: resized or re-encoded "
+            "copies sit within ~24 of the 256 hash bits, different images ~128 apart"
+        )
+    if near and not dedupe:
+        raise UserError(
+            f"{src}: `organize.near_duplicates: {near}` needs `organize.dedupe: true`; set near_duplicates to 0 or dedupe to true"
+        )
+    return OrganizeSpec(MappingProxyType(split), on_bad, dedupe, near)
 
 
 def _model(raw: Mapping[str, Any], src: str) -> tuple[str, int, dict[str, str]]:
@@ -96,7 +110,7 @@ def _model(raw: Mapping[str, Any], src: str) -> tuple[str, int, dict[str, str]]:
 
 def _evaluate(raw: Mapping[str, Any], src: str) -> EvaluateSpec:
     evaluate = section(raw, "evaluate", "", src)
-    check_keys(evaluate, ("dataset", "split", "models", "tta", "margin", "resamples"), "evaluate", src)
+    check_keys(evaluate, ("dataset", "split", "models", "tta", "margin", "resamples", "datasets", "all_stages"), "evaluate", src)
     split = require(evaluate, "split", str, "evaluate", src)
     one_of(split, SPLITS, "evaluate.split", src)
     tta = typed(evaluate.get("tta", False), bool, "evaluate.tta", src)
@@ -106,7 +120,31 @@ def _evaluate(raw: Mapping[str, Any], src: str) -> EvaluateSpec:
     resamples = typed(evaluate.get("resamples", EvaluateSpec.resamples), int, "evaluate.resamples", src)
     at_least(resamples, 100, "evaluate.resamples", src, "bootstrap resamples behind each 95% interval; 1000 is plenty")
     dataset, models = require(evaluate, "dataset", str, "evaluate", src), str_list(evaluate, "models", "evaluate", src)
-    return EvaluateSpec(dataset, split, models, tta, margin, resamples)
+    all_stages = typed(evaluate.get("all_stages", False), bool, "evaluate.all_stages", src)
+    if EvaluateSpec.FORGETTING in section(raw, "stages", "", src):
+        raise UserError(
+            f"{src}: `stages.{EvaluateSpec.FORGETTING}`: eval.json holds the forgetting matrix under that name; rename the stage"
+        )
+    return EvaluateSpec(dataset, split, models, tta, margin, resamples, _matrix_datasets(raw, evaluate, src), all_stages)
+
+
+def _matrix_datasets(raw: Mapping[str, Any], evaluate: Mapping[str, Any], src: str) -> tuple[str, ...]:
+    """`evaluate.datasets`: `all` (the default) = every dataset under `datasets:`, in that order; or a list of some of them."""
+    known = tuple(str(name) for name in section(raw, "datasets", "", src))
+    value = typed(evaluate.get("datasets", EvaluateSpec.ALL), (str, list), "evaluate.datasets", src)
+    if isinstance(value, str):
+        if value != EvaluateSpec.ALL:
+            raise UserError(f"{src}: `evaluate.datasets` is {value!r}; use `{EvaluateSpec.ALL}` or a list of dataset names, e.g. [{value}]")
+        return known
+    names = str_list(evaluate, "datasets", "evaluate", src)
+    for dataset in names:
+        if dataset not in known:
+            hint = suggest(dataset, list(known))
+            raise UserError(
+                f"{src}: `evaluate.datasets` names no dataset: {dataset!r}; use names defined under `datasets:` ({', '.join(known)})"
+                + (f"; {hint}" if hint else "")
+            )
+    return names
 
 
 def _export(raw: Mapping[str, Any], src: str) -> ExportSpec:
@@ -163,6 +201,7 @@ def parse(raw: Any, src: str = "params.yaml") -> Config:
         source=src,
     )
     graph.check_references(cfg)
+    stages.check_replay(cfg)
     return cfg
 
 

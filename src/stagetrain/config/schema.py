@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 BASE = "base"  # the pseudo-stage that holds the initial weights (models/base/best.pt)
 DATASET_KINDS = ("synthetic", "roboflow", "local")
 SPLITS = ("train", "val", "test")
 SYNTHETIC_DOMAINS = ("source", "target")  # the looks data/synthetic.py renders (a test keeps the two in step)
+SYNTHETIC_SPLITS = ("train", "val", "test", "pool")  # a synthetic dataset's fixed-split form (pool: unlabelled images)
+SYNTHETIC_KNOBS = ("cones", "distractors", "min_visible")  # data/synthetic.py World's fields (a test keeps the two in step)
 EXPORT_FORMATS = ("onnx", "engine")
 ON_BAD = ("error", "skip")
 # Keys of ours inside a stage block; everything else must be an Ultralytics train argument.
-STAGE_KEYS = ("from", "teacher", "dataset", "freeze_level", "distill", "loss_weights")
+STAGE_KEYS = ("from", "teacher", "dataset", "freeze_level", "distill", "loss_weights", "replay")
 # dvc.yaml's template reads these for every stage (DVC templating has no optional keys): `teacher` is a
 # DVC dependency of the stage, so a stage that does not distil names its own `from` there.
 REQUIRED_STAGE_KEYS = ("from", "teacher", "dataset")
@@ -48,6 +51,8 @@ class StageSpec:
     train_args: Mapping[str, Any]  # effective Ultralytics arguments: `train` defaults, then stage keys
     teacher: str = ""  # `teacher:`; meaningful only with `distill` (else it equals `from`)
     distill: DistillSpec | None = None
+    # `replay:` dataset -> fraction of its train split that joins this stage's training list (trainset@<stage>)
+    replay: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True)
@@ -55,17 +60,22 @@ class OrganizeSpec:
     split: Mapping[str, float]  # train/val/test fractions, used only when a source has no split of its own
     on_bad: str  # error | skip
     dedupe: bool  # identical images never straddle splits or datasets
+    near_duplicates: int = 0  # max Hamming distance (of data/near_dup.py's 256 bits) of two near-duplicates; 0 = off
 
 
 @dataclass(frozen=True)
 class EvaluateSpec:
     BASELINE: ClassVar[str] = "baseline"  # the stage every other evaluated model is compared with (eval.json, report)
+    FORGETTING: ClassVar[str] = "forgetting"  # eval.json's key of the forgetting matrix, beside the models: no stage may take it
+    ALL: ClassVar[str] = "all"  # `evaluate.datasets: all` = every dataset under `datasets:`
     dataset: str
     split: str
     models: tuple[str, ...]
     tta: bool  # test-time augmentation (Ultralytics `augment=True`) in the test-split evaluation
     margin: float = 0.01  # smallest test mAP50-95 difference worth acting on (0.01 = one point): the verdict's threshold
     resamples: int = 1000  # paired bootstrap resamples over test images behind each 95% interval
+    datasets: tuple[str, ...] = ()  # the forgetting matrix's datasets (`all` in params.yaml: every one under `datasets:`)
+    all_stages: bool = False  # the matrix scores every stage, not only `models`
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""``train:`` and ``stages:``: each stage's own keys, its effective Ultralytics arguments, distillation and loss gains."""
+"""``train:`` and ``stages:``: each stage's own keys, its effective Ultralytics arguments, distillation, loss gains and replay."""
 
 from __future__ import annotations
 
@@ -6,8 +6,17 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from stagetrain.config.checks import at_least, check_keys, name, one_of, require, typed
-from stagetrain.config.schema import DISTILL_KINDS, FREEZE_LEVELS, LOSS_TERMS, REQUIRED_STAGE_KEYS, STAGE_KEYS, DistillSpec, StageSpec
+from stagetrain.config.checks import at_least, check_keys, name, one_of, require, suggest, typed
+from stagetrain.config.schema import (
+    DISTILL_KINDS,
+    FREEZE_LEVELS,
+    LOSS_TERMS,
+    REQUIRED_STAGE_KEYS,
+    STAGE_KEYS,
+    Config,
+    DistillSpec,
+    StageSpec,
+)
 from stagetrain.config.ultralytics_args import ultralytics_args, ultralytics_defaults
 from stagetrain.errors import UserError
 
@@ -31,7 +40,42 @@ def stage(key: Any, raw: Any, train: Mapping[str, Any], src: str) -> StageSpec:
     args = {**train, **ultralytics_args(raw, path, src, own=STAGE_KEYS), **_loss_weights(raw, path, src)}
     _check_mosaic(args, raw, path, src)
     distill = _distill(raw["distill"], f"{path}.distill", src) if raw.get("distill") is not None else None
-    return StageSpec(stage_name, raw["from"], raw["dataset"], freeze_level, MappingProxyType(args), raw["teacher"], distill)
+    replay = MappingProxyType(_replay(raw, f"{path}.replay", src))
+    return StageSpec(stage_name, raw["from"], raw["dataset"], freeze_level, MappingProxyType(args), raw["teacher"], distill, replay)
+
+
+def _replay(raw: Mapping[str, Any], at: str, src: str) -> dict[str, float]:
+    """``replay: {<dataset>: <fraction>}`` (absent, null or ``{}``: none), sorted by dataset name."""
+    replay = typed(raw.get("replay") if raw.get("replay") is not None else {}, dict, at, src)
+    out = {}
+    for key, value in replay.items():
+        dataset = name(key, f"{at}.{key}", src)
+        fraction = typed(value, float, f"{at}.{dataset}", src)
+        if not 0 < fraction <= 1:
+            raise UserError(
+                f"{src}: `{at}.{dataset}` is {fraction!r}; use a fraction in (0, 1] of {dataset}'s train split "
+                "(0.2 = a fifth of its images, 1 = all of them); to replay nothing, remove the entry"
+            )
+        out[dataset] = fraction
+    return dict(sorted(out.items()))
+
+
+def check_replay(cfg: Config) -> None:
+    """Every dataset a stage replays exists and is not the stage's own (whose whole train split it trains on already)."""
+    for stage in cfg.stages.values():
+        for dataset in stage.replay:
+            at = f"stages.{stage.name}.replay.{dataset}"
+            if dataset not in cfg.datasets:
+                hint = suggest(dataset, list(cfg.datasets))
+                raise UserError(
+                    f"{cfg.source}: `{at}` names no dataset: {dataset!r}; replay one defined under `datasets:` "
+                    f"({', '.join(cfg.datasets)})" + (f"; {hint}" if hint else "")
+                )
+            if dataset == stage.dataset:
+                raise UserError(
+                    f"{cfg.source}: `{at}`: {dataset!r} is the stage's own dataset, whose whole train split it trains on "
+                    "already; replay another dataset (e.g. the one an earlier stage trained on) or remove the entry"
+                )
 
 
 def _check_mosaic(args: Mapping[str, Any], raw: Mapping[str, Any], path: str, src: str) -> None:

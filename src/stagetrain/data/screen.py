@@ -92,5 +92,5 @@ def screen(source: Source, judged: list[validate.Judged], mapping: dict, classes
             continue
         out.clipped += result.clipped
         boxes = _canonical_boxes(str(item.image), result.boxes, mapping, classes, out)
-        out.samples.append(Sample(item.image, item.rel, item.split, result.check.digest, boxes))
+        out.samples.append(Sample(item.image, item.rel, item.split, result.check.digest, boxes, result.check.phash))
     return out

@@ -5,7 +5,8 @@ unchanged, plus ``source.json`` = ``{"kind": ..., "format": ...}`` naming the la
 should read (``yolo``, ``roboflow``, ``coco``, ``voc`` or ``auto``). It never holds a secret or an
 absolute path (queued experiments restore outputs into other folders).
 
-* ``synthetic``: the embedded generator (``images/``, ``labels/``, ``data.yaml``; format ``yolo``).
+* ``synthetic``: the embedded generator (``images/``, ``labels/``, ``data.yaml``; format ``yolo``): flat, or with
+  ``<split>/`` folders and an unlabelled ``pool/`` of images when params give per-split counts.
 * ``roboflow``: a dataset version exported through the Roboflow SDK, unzipped as exported
   (YOLO exports: ``train/ valid/ test/`` with ``images/ labels/``, and ``data.yaml``).
 * ``local``: a folder (hard-linked, never re-encoded) or an archive (extracted safely, see
@@ -58,7 +59,9 @@ def run(cfg: Config, dataset: str, out_dir: Path) -> dict:
         if spec.kind == "synthetic":
             opts = spec.options
             summary = {"kind": "synthetic", "format": "yolo"}
-            summary.update(synthetic.generate(staged, cfg.seed, opts["domain"], opts["images"], opts["size"], cfg.classes))
+            counts = opts["images"] if "images" in opts else {s: opts.get(s, 0) for s in synthetic.SPLIT_OFFSETS}
+            world = synthetic.World.of(opts)
+            summary.update(synthetic.generate(staged, cfg.seed, opts["domain"], counts, opts["size"], cfg.classes, world))
         elif spec.kind == "roboflow":
             summary = _roboflow(spec, scratch, staged, cfg.source)
         else:

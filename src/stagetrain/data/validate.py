@@ -3,7 +3,9 @@
 Images: read once, content-hashed (for dedupe) and decoded in full from memory. A JPEG is decoded
 with libjpeg's 1/8 DCT scaling (``Image.draft``): every byte of entropy-coded data is still
 decoded, so truncation and corruption raise as they would at full size, at 0.5-0.65x the cost
-(measured in ``bench/organize.py``; the smaller figure for larger images). Sizes are the *displayed*
+(measured in ``bench/organize.py``; the smaller figure for larger images); when near-duplicates are looked
+for, at the smallest scale that keeps :data:`~stagetrain.data.near_dup.DRAFT` px a side, and the
+perceptual hash is taken from that decode. Sizes are the *displayed*
 size, after EXIF orientation, as Ultralytics' ``exif_size`` and OpenCV's reader see them. Files are
 never rewritten.
 
@@ -30,10 +32,11 @@ from typing import NamedTuple
 
 from PIL import Image, UnidentifiedImageError
 
+from stagetrain.data import near_dup
 from stagetrain.data.formats.common import Box
 from stagetrain.data.formats.yolo import parse_label
 
-__all__ = ["Box", "ImageCheck", "Judged", "check_image", "file_digest", "judge_item", "place_boxes"]
+__all__ = ["Box", "ImageCheck", "Judged", "check_image", "file_digest", "fingerprint", "judge_item", "place_boxes"]
 
 TOLERANCE = 0.01  # how far (as a fraction of the image) a box may overhang before it is an error
 PIXEL_ROUNDING = 1.0  # an overhang of at most this many pixels is rounding: clamped, not reported as clipped
@@ -53,6 +56,7 @@ class ImageCheck:
     width: int  # displayed size, after EXIF orientation
     height: int
     problem: str | None  # why the image cannot be used, or None
+    phash: bytes = b""  # perceptual hash (near_dup.BITS bits) when asked for and the image decodes; else empty
 
 
 def file_digest(path: str | Path) -> str:
@@ -63,14 +67,24 @@ def file_digest(path: str | Path) -> str:
         return ""
 
 
-def check_image(path: str | Path) -> ImageCheck:
+def fingerprint(path: str, phash: bool) -> tuple[str, bytes]:
+    """Pool task: ``(sha256, perceptual hash)`` of another dataset's image (empty where unreadable or not asked for)."""
+    if not phash:
+        return file_digest(path), b""
+    check = check_image(path, phash=True)
+    return check.digest, check.phash
+
+
+def check_image(path: str | Path, phash: bool = False) -> ImageCheck:
     """Read, hash and fully decode one image; never raises for a bad file (the problem says why).
 
     Args:
         path: the image file.
+        phash: also compute its perceptual hash (:mod:`~stagetrain.data.near_dup`); a JPEG is then
+            decoded at a larger DCT scale where the hash's thumbnail needs it (full size up to 255 px).
 
     Returns:
-        Its digest, displayed size and the problem (None when it is fine to train on).
+        Its digest, displayed size, the problem (None when it is fine to train on) and the hash.
     """
     try:
         data = Path(path).read_bytes()
@@ -82,10 +96,12 @@ def check_image(path: str | Path) -> ImageCheck:
     try:
         with Image.open(io.BytesIO(data)) as image:
             fmt, (width, height) = image.format, image.size
-            if fmt == "JPEG":
-                image.draft(image.mode, (1, 1))  # 1/8-scale IDCT; the entropy-coded data is still decoded in full
+            if fmt == "JPEG":  # a scaled IDCT (1/8 at most); the entropy-coded data is still decoded in full
+                # (the hash's grey decode skips colour conversion: it costs what the 1/8 colour decode does)
+                image.draft("L" if phash and image.mode == "RGB" else image.mode, (near_dup.DRAFT,) * 2 if phash else (1, 1))
             image.load()
             orientation = image.getexif().get(EXIF_ORIENTATION)
+            hashed = near_dup.perceptual_hash(image, orientation) if phash else b""
     except (UnidentifiedImageError, ImportError):  # ImportError: an opener Ultralytics registers (HEIF) probing without its module
         return ImageCheck(digest, 0, 0, "not an image (Pillow recognises no image format in it)")
     except Exception as err:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError, DecompressionBombError... on bad input
@@ -102,7 +118,7 @@ def check_image(path: str | Path) -> ImageCheck:
         return ImageCheck(
             digest, width, height, "JPEG does not end with its end-of-image marker (truncated, or bytes after the image); re-save it"
         )
-    return ImageCheck(digest, width, height, None)
+    return ImageCheck(digest, width, height, None, hashed)
 
 
 def _overhang(x0: float, y0: float, x1: float, y1: float) -> tuple[float, float]:
@@ -171,6 +187,7 @@ def judge_item(
     *,
     names: Mapping[int, str],
     pixels: bool,
+    phash: bool = False,
 ) -> Judged:
     """Decode-check one image, read its YOLO label (if any) and place its boxes: the per-image work of organize.
 
@@ -185,8 +202,9 @@ def judge_item(
         declared_size: ``(w, h)`` the annotation states, or None.
         names: the YOLO class id -> name (unused for COCO and VOC, whose boxes come named).
         pixels: True when ``boxes`` are in pixels and need the image's displayed size.
+        phash: also compute the image's perceptual hash (for the near-duplicate rule).
     """
-    check = check_image(image)
+    check = check_image(image, phash)
     parsed, found, polygons = parse_label(Path(label), names) if label else ([], [], 0)
     boxes, problems = boxes + parsed, problems + found
     if check.problem:

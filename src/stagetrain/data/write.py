@@ -3,6 +3,7 @@
 Layout (``data/organized/<dataset>``)::
 
     images/{train,val,test}/   labels/{train,val,test}/   data.yaml (no `path:`, canonical names)
+    images/pool/               unlabelled images (only when the raw folder has a pool/), no labels folder
 """
 
 from __future__ import annotations
@@ -35,19 +36,25 @@ def output_stems(samples: list[Sample]) -> list[str]:
     ]
 
 
-def _place(task: tuple[str, str, str, str]) -> None:
-    """Pool task: hard-link one image into the output (a copy where links are impossible) and write its label."""
+def _place(task: tuple[str, str, str | None, str]) -> None:
+    """Pool task: hard-link one image into the output (a copy where links are impossible) and write its label (if any)."""
     src, image, label, text = task
     try:
         os.link(src, image)
     except OSError:  # another filesystem, or links not supported
         shutil.copy2(src, image)
-    with open(label, "w") as f:
-        f.write(text)
+    if label is not None:
+        with open(label, "w") as f:
+            f.write(text)
 
 
-def write_layout(out_dir: Path, splits: dict[str, list[Sample]], classes: tuple[str, ...], pool, desc: str) -> dict:
-    """Replace ``out_dir`` with the organized dataset; return the counts per split (images, boxes per class, backgrounds)."""
+def write_layout(
+    out_dir: Path, splits: dict[str, list[Sample]], classes: tuple[str, ...], pool, desc: str, unlabelled: list[Sample] | None = None
+) -> dict:
+    """Replace ``out_dir`` with the organized dataset; return the counts per split (images, boxes per class, backgrounds).
+
+    ``unlabelled`` (None: the raw folder has no pool) goes to ``images/pool/``, images only.
+    """
     if out_dir.exists():
         shutil.rmtree(out_dir)
     counts: dict = {"images": {}, "boxes": {}, "background_images": {}}
@@ -65,6 +72,11 @@ def write_layout(out_dir: Path, splits: dict[str, list[Sample]], classes: tuple[
         counts["images"][split] = len(samples)
         counts["boxes"][split] = {name: boxes[name] for name in classes}
         counts["background_images"][split] = sum(1 for s in samples if not s.boxes)
+    if unlabelled is not None:
+        (out_dir / "images" / "pool").mkdir(parents=True)
+        samples = sorted(unlabelled, key=lambda s: s.rel)
+        for sample, stem in zip(samples, output_stems(samples), strict=True):
+            tasks.append((str(sample.image), f"{out_dir}/images/pool/{stem}{sample.image.suffix}", None, ""))
     workers.pmap(pool, _place, tasks, desc)
     data = {split: f"images/{split}" for split in SPLITS} | {"names": dict(enumerate(classes))}
     (out_dir / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False))

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import yaml
 
+from stagetrain.config.schema import SYNTHETIC_SPLITS
+
 REPO = Path(__file__).resolve().parents[3]
 GIT = ["git", "-c", "user.email=repro@stagetrain", "-c", "user.name=repro-check"]
 RUN_STATE = frozenset({"dvc.lock"})  # file names a copy never gets: the record of a run whose outputs stay behind
@@ -30,16 +32,28 @@ def repo_params(root: Path = REPO) -> dict:
     return yaml.safe_load((root / "params.yaml").read_text())
 
 
-def shrink(params: dict, images: int = 40, size: int = 96, imgsz: int = 64, epochs: int = 1) -> dict:
+def shrink(params: dict, images: int = 40, size: int = 96, imgsz: int = 64, epochs: int = 1, flat: bool = False) -> dict:
     """The repo's params made test-sized: same keys and DAG, tiny data and one epoch per stage.
 
-    Only synthetic datasets get smaller: a ``roboflow`` or ``local`` one is kept as it is (see
+    Only synthetic datasets get smaller (``images`` images, or that many split 70/15/15 plus ``images // 10``
+    pool images in the fixed-split form; ``flat`` turns that form into ``images: N``, split by organize, for
+    tests of organize's own split): a ``roboflow`` or ``local`` one is kept as it is (see
     ``full_size_datasets``), and training on it is shrunk all the same.
     """
     params = copy.deepcopy(params)
     for dataset in params["datasets"].values():
-        if dataset.get("kind") == "synthetic" and isinstance(dataset.get("synthetic"), dict):
-            dataset["synthetic"].update(images=images, size=size)
+        block = dataset.get("synthetic") if dataset.get("kind") == "synthetic" else None
+        if isinstance(block, dict):
+            block["size"] = size
+            if flat or "images" in block or "train" not in block:
+                for key in SYNTHETIC_SPLITS:
+                    block.pop(key, None)
+                block["images"] = images
+            else:  # the fixed-split form: the same images in organize's default proportions, and a few pool images
+                held = max(1, round(images * 0.15))
+                block.update(train=max(1, images - 2 * held), val=held, test=held)
+                if block.get("pool"):
+                    block["pool"] = max(1, images // 10)
     params["model"]["imgsz"] = imgsz
     params.setdefault("train", {}).update(batch=SHRUNK_BATCH, device="cpu")
     for stage in params["stages"].values():

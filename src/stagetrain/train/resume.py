@@ -3,7 +3,9 @@
 DVC deletes a stage's outputs before running it, so a stage's in-progress run lives in
 ``.stagetrain/runs/<stage>/`` (git-ignored) next to a ``fingerprint.json``. The fingerprint covers
 everything that decides the result: the effective train arguments, the upstream (and teacher) checkpoint's bytes,
-the organized dataset (file names and sizes, label and data.yaml contents) and the training code.
+the data (the folder of the stage's data.yaml: a trainset's list and manifest, whose SHA-256 covers every
+listed image and label and the val split; or an organized dataset's file names and sizes, labels and
+data.yaml) and the training code.
 The next run resumes the saved ``last.pt`` only when the fingerprint matches, so work done under
 other params or inputs is never resumed; it is thrown away.
 """
@@ -37,6 +39,9 @@ CODE_FILES = (
     "config/schema.py",
     "config/stages.py",
     "config/ultralytics_args.py",
+    "data/__init__.py",
+    "data/organized.py",
+    "data/trainset.py",
     "train/__init__.py",
     "train/runner.py",
     "train/resume.py",
@@ -56,13 +61,17 @@ def _sha256_file(path: Path, digest: Any = None) -> Any:
 
 
 def dataset_digest(data_yaml: Path) -> str:
-    """Names and sizes of every image, full contents of labels and data.yaml (caches excluded)."""
+    """Names and sizes of every file beside ``data_yaml``, full contents of labels, lists, yaml and json (caches excluded).
+
+    For a trainset folder (data.yaml, train.txt, manifest.json) that is every byte of it, and the manifest's
+    SHA-256 covers the listed images and labels and the val split; for an organized dataset, its whole tree.
+    """
     root = data_yaml.parent
     digest = hashlib.sha256()
     for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix != ".cache"):
         rel = path.relative_to(root).as_posix()
         digest.update(f"{rel}\0{path.stat().st_size}\0".encode())
-        if path.suffix in (".txt", ".yaml"):
+        if path.suffix in (".txt", ".yaml", ".json"):
             _sha256_file(path, digest)
     return digest.hexdigest()
 

@@ -4,7 +4,9 @@ The stage's effective Ultralytics arguments are the `train` defaults overlaid by
 keys (from the typed config), plus what the pipeline owns: data, imgsz, seed, deterministic, the
 freeze list derived from ``freeze_level``, and a run dir outside the DVC outputs (see resume.py).
 Per-epoch losses, metrics and learning rates go to our own ``dvclive.Live``; its plots land in
-``metrics/<stage>/plots`` when the stage completes.
+``metrics/<stage>/plots`` when the stage completes. The data is the stage's training list
+(``data/trainsets/<stage>/data.yaml``, see data/trainset.py): its image counts, replayed ones
+included, go into ``metrics/<stage>.json``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import yaml
 
 from stagetrain import ultra
 from stagetrain.config import Config
+from stagetrain.data import trainset
 from stagetrain.errors import UserError
 from stagetrain.train import checkpoint, distill, resume
 from stagetrain.train.freeze import frozen_layers
@@ -129,7 +132,7 @@ def run(
     work_dir: Path,
     teacher: Path | None = None,
 ) -> dict:
-    """Train ``stage_name`` from ``upstream`` and write best.pt, last.pt, args.yaml to ``out_dir``.
+    """Train ``stage_name`` from ``upstream`` on ``data_yaml`` and write best.pt, last.pt, args.yaml to ``out_dir``.
 
     An interrupted run of the same stage with the same fingerprint (params, upstream, teacher, data,
     code) in ``work_dir`` is resumed from its last completed epoch instead of starting from zero.
@@ -140,6 +143,7 @@ def run(
     model = ultra.YOLO(str(upstream))
     ultra.check_arch(model.model.yaml, f"{cfg.source}: `stages.{stage_name}.from: {stage.upstream}` ({upstream})")
     checkpoint.check_class_names(upstream, cfg.classes, model.model)
+    data_counts = trainset.summary(cfg, stage_name, data_yaml)  # a list stale against params fails here, before any training
     freeze = frozen_layers(model.model, stage.freeze_level)
     args = effective_args(cfg, stage_name, data_yaml, freeze, ultra.resolve_device(stage.train_args.get("device")))
     trainer_class, env = _distillation(cfg, stage_name, model.model, teacher, args)
@@ -161,6 +165,7 @@ def run(
         "resumed_from_epoch": resumed_from,
         "best_epoch": ultra.best_epoch(trainer),
         "seconds": round(seconds, 1),
+        **data_counts,
         "freeze_level": stage.freeze_level,
         "frozen_layers": len(freeze),
         "distill": None if stage.distill is None else {"kind": stage.distill.kind, "teacher": stage.teacher},

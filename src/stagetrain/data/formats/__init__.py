@@ -7,8 +7,10 @@
 Which reader runs: the ``format`` that download wrote into ``source.json`` (the dataset's ``format:``
 option), else the one the files show. A declared format whose files are absent while another
 format's are present is an error that names the format to declare. A source's own split comes
-from folder names (``valid`` -> ``val``, ``train2017`` -> ``train``). Files are located here;
-:mod:`stagetrain.data.validate` decodes the images and judges the boxes.
+from folder names (``valid`` -> ``val``, ``train2017`` -> ``train``). A top-level ``pool/`` folder
+holds unlabelled images: no reader sees it (nor does format detection); its images come back as
+``Source.pool``. Files are located here; :mod:`stagetrain.data.validate` decodes the images and
+judges the boxes.
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ import json
 from pathlib import Path
 
 from stagetrain.data.formats import coco, voc, yolo
-from stagetrain.data.formats.common import IMAGE_SUFFIXES, Box, Item, Source, is_image, split_of, walk_files
+from stagetrain.data.formats.common import IMAGE_SUFFIXES, POOL_DIR, Box, Item, Source, in_pool, is_image, split_of, walk_files
 from stagetrain.errors import UserError
 
 __all__ = [
     "FORMATS",
     "IMAGE_SUFFIXES",
+    "POOL_DIR",
     "SOURCE_FILE",
     "Box",
     "Item",
@@ -30,6 +33,7 @@ __all__ = [
     "declared_format",
     "detect",
     "evidence",
+    "in_pool",
     "is_image",
     "read",
     "split_of",
@@ -115,7 +119,8 @@ def read(raw_dir: Path, fmt: str | None = None, dataset: str | None = None) -> S
         dataset: the dataset's key under ``datasets:``, for the params key that error messages name.
 
     Returns:
-        The items (images with their annotation) and the problems found while locating them.
+        The items (images with their annotation), the problems found while locating them, and the
+        images of the unlabelled ``pool/`` folder.
 
     Raises:
         UserError: no images, an unreadable names or annotation file, an undetectable layout, or a
@@ -123,7 +128,8 @@ def read(raw_dir: Path, fmt: str | None = None, dataset: str | None = None) -> S
     """
     if not raw_dir.is_dir():
         raise UserError(f"{raw_dir}: not found; run the dataset's download stage first (`dvc repro download@{dataset or '<dataset>'}`)")
-    files = walk_files(raw_dir)
+    everything = walk_files(raw_dir)
+    files = [f for f in everything if not in_pool(f)]
     if fmt is None:
         fmt = declared_format(raw_dir)
         if fmt == "auto":
@@ -132,5 +138,8 @@ def read(raw_dir: Path, fmt: str | None = None, dataset: str | None = None) -> S
             _check_declared(raw_dir, files, fmt, dataset)
     images = [f for f in files if is_image(f)]
     if not images:
-        raise UserError(f"{raw_dir}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))}, any case)")
-    return READERS[fmt](raw_dir, files, images)
+        where = f" outside {POOL_DIR}/ (its images are unlabelled)" if any(map(in_pool, everything)) else ""
+        raise UserError(f"{raw_dir}: no images found{where} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}, any case)")
+    source = READERS[fmt](raw_dir, files, images)
+    source.pool = [f for f in everything if in_pool(f) and is_image(f)]
+    return source

@@ -10,6 +10,7 @@ from pathlib import Path
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 _SPLIT = re.compile(r"(train|training|val|valid|validation|test|testing)\d*")
 _SKIP_DIRS = ("__MACOSX",)  # macOS zip metadata: `._x.jpg` files there are not images
+POOL_DIR = "pool"  # top-level folder of unlabelled images: passed through by organize, never read as annotated data
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class Source:
     yolo_names: dict[int, str] = field(default_factory=dict)  # YOLO class id -> name
     problems: list[str] = field(default_factory=list)  # not tied to a usable image: orphan labels, missing images
     crowd_skipped: int = 0
+    pool: list[str] = field(default_factory=list)  # images under the top-level pool/ folder (unlabelled), relative paths
 
 
 def split_of(parts: tuple[str, ...] | list[str]) -> str | None:
@@ -72,6 +74,11 @@ def walk_files(raw_dir: Path) -> list[str]:
         prefix = "" if prefix == "." else f"{prefix}/"
         found.extend(prefix + name for name in files if not name.startswith("."))
     return sorted(found)
+
+
+def in_pool(rel: str) -> bool:
+    """True for a file under the top-level ``pool/`` folder."""
+    return rel.startswith(POOL_DIR + "/")
 
 
 def is_image(rel: str) -> bool:
