@@ -5,11 +5,15 @@ from pathlib import Path
 import _cli
 from stagetrain.train import runner
 
+# Echoes of params (`freeze_level`) and of models/<stage>/args.yaml (`freeze`, the frozen layers): printed, not
+# written to metrics/<stage>.json, where each key is one more column of `dvc metrics show`.
+NOT_METRICS = ("freeze_level", "frozen_layers")
+
 
 def work(cfg, args):
     work_dir = args.work or Path(".stagetrain/runs") / args.stage
     metrics = runner.run(cfg, args.stage, args.data, args.upstream, args.out, args.live, work_dir, args.teacher)
-    _cli.write_json(args.metrics, metrics)
+    _cli.write_json(args.metrics, {key: value for key, value in metrics.items() if key not in NOT_METRICS})
     print(f"train@{args.stage}: {metrics}")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ from stagetrain import ultra
 from stagetrain.config import parse, ultralytics_arg_types, ultralytics_defaults
 from stagetrain.data import organize, sources
 from stagetrain.train import checkpoint
+from test_train import offline  # noqa: F401  (fixture: any non-loopback connection fails the test)
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 CHANGED = f"changed in ultralytics {ultra.installed_version()}"
@@ -239,6 +241,36 @@ def test_other_internals_keep_their_shape():
     assert {"jpg", "png"} <= set(ultra.IMG_FORMATS)
     assert {"device", "fp16", "verbose"} <= set(_signature(ultra.AutoBackend.__init__)), "AutoBackend's arguments changed (export.py)"
     assert "student_model" in _signature(DistillationModel.__init__), "feature distillation no longer wraps a `student_model`"
+
+
+def test_amp_check_is_ours_and_never_downloads(offline):  # noqa: F811
+    """The trainer calls check_amp by its module-level name (ultra.hermetic_check_amp replaces it there), Ultralytics'
+    own loads yolo26n.pt on CUDA, and ours on a CPU model returns False with no network attempt. CUDA path unverified."""
+    from ultralytics.engine import trainer as trainer_module
+    from ultralytics.utils import checks
+
+    ultra.load()
+    assert trainer_module.check_amp is ultra.hermetic_check_amp, "the trainer no longer imports check_amp by name: see ultra.load"
+    assert "self.amp = torch.tensor(check_amp(self.model)" in inspect.getsource(trainer_module.BaseTrainer._setup_train), CHANGED
+    assert ultra.AMP_WEIGHTS in inspect.getsource(checks.check_amp), f"check_amp no longer loads {ultra.AMP_WEIGHTS} ({CHANGED})"
+    model = ultra.DetectionModel("yolov8n.yaml", nc=2, verbose=False)
+    assert ultra.hermetic_check_amp(model) is False and offline == []
+
+
+def test_openvino_export_needs_nothing_installed():
+    """Ultralytics' OpenVINO export asks check_requirements for openvino>=2024/2025.2: the pinned one satisfies both (no pip)."""
+    import importlib.metadata
+
+    from ultralytics.engine.exporter import Exporter
+    from ultralytics.utils.checks import check_version
+
+    cells = [c.cell_contents for c in Exporter.export_openvino.__closure__ or ()]  # under @try_export
+    source = inspect.getsource(next((c for c in cells if inspect.isfunction(c)), Exporter.export_openvino))
+    bounds = sorted(set(re.findall(r'"openvino(>=[\d.]+)"', source)))
+    assert bounds, f"export_openvino no longer checks an openvino version ({CHANGED})"
+    for bound in bounds:
+        assert check_version(importlib.metadata.version("openvino"), bound), f"openvino {bound} needed by Ultralytics' export"
+    assert os.environ["YOLO_AUTOINSTALL"] == "false"
 
 
 def test_an_image_list_resolves_against_its_folder(tmp_path):

@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from conftest import repo_params, shrink
-from stagetrain import evaluate, report, stats
+from stagetrain import evaluate, forgetting, report, stats
 from stagetrain.config import parse
 from stagetrain.data import organize, sources
 from stagetrain.errors import UserError
@@ -187,6 +187,13 @@ def test_a_degraded_copy_is_significantly_worse(workspace, tmp_path):
         assert versus["map50_95"][key] == pytest.approx(results[name]["coco_mAP50-95"], abs=2e-6)
         assert versus["map50"][key] == pytest.approx(results[name]["coco_mAP50"], abs=2e-6)
     assert report.verdict(cfg, {}, results).startswith("**Keep `baseline`**: `stage3` is worse by more than the 1.0 pt margin")
+    written = evaluate.write_model_metrics(results, tmp_path / "metrics/test")  # the DVC metrics: one flat file per model
+    models = sorted(f"{name}.json" for name in results if name != evaluate.FORGETTING)  # evaluate.ensembles' too
+    assert sorted(p.name for p in written) == sorted(p.name for p in (tmp_path / "metrics/test").iterdir()) == models
+    row = json.loads((tmp_path / "metrics/test/stage3.json").read_text())
+    interval = {k: versus["map50_95"][k] for k in ("diff", "ci_low", "ci_high")}
+    assert row == {**{k: results["stage3"][k] for k in evaluate.MODEL_METRICS}, "vs_baseline": {**interval, "verdict": "keep baseline"}}
+    assert json.loads((tmp_path / "metrics/test/baseline.json").read_text()) == {k: results["baseline"][k] for k in evaluate.MODEL_METRICS}
 
 
 class RecordingValidator(evaluate.EvalValidator):
@@ -317,13 +324,21 @@ def test_forgetting_matrix_scores_every_pair_once(workspace, tmp_path):
     for name in ("stage3", "baseline"):  # trained on target: no drop, and the very score of the verdict's table
         assert target["models"][name]["reference"] == name and "drop_mAP50-95" not in target["models"][name]
         assert target["models"][name]["mAP50-95"] == pytest.approx(results[name]["coco_mAP50-95"], abs=2e-6)
-    assert set(results) == {"stage3", "baseline", "forgetting"} and json.loads(json.dumps(results)) == results
+    assert set(results) == {"stage3", "baseline", "forgetting", *cfg.evaluate.ensembles} and json.loads(json.dumps(results)) == results
     text = report.render(cfg, {}, results)
     assert text.index("## Verdict") < text.index("## Forgetting matrix")
     assert f"| model | source ({source['images']} train images) | target ({target['images']} train images) |" in text
     assert "| stage3 | " in text and "(+0.0 [+0.0, +0.0] vs stage1)" in text and "(not trained on it)" in text
     assert "Not scored: `pool`: no `train` split in its data.yaml." in text
     assert "Reading: `stage3` kept its mAP50-95 on `source` vs `stage1` within noise" in text
+    # issue 12: the small metrics files and the heatmap rows carry the matrix's cells, nothing else of it
+    rows = evaluate.model_metrics(results)
+    assert {"stage3", "baseline"} <= set(rows) and rows["stage3"]["drop_mAP50-95"] == {"source": drop["drop_mAP50-95"]["diff"]}
+    assert "drop_mAP50-95" not in rows["baseline"] and rows["stage3"]["mAP50-95"] == results["stage3"]["mAP50-95"]
+    cells = forgetting.chart_rows(matrix)
+    assert [(r["model"], r["dataset"]) for r in cells] == [(m, d) for d in ("source", "target") for m in ("stage3", "baseline")]
+    assert cells[0] == {"model": "stage3", "dataset": "source", "map50_95": drop["mAP50-95"], "drop": drop["drop_mAP50-95"]["diff"]}
+    assert all(r["drop"] is None for r in cells[1:])
 
 
 def test_unscorable_datasets_say_why(tmp_path):

@@ -188,5 +188,5 @@ def test_cli_writes_the_report_and_prints_user_errors_without_traceback(tmp_path
     (tmp_path / "raw/target/labels/target_00002.txt").write_text("0 0.5 0.5 0.1 0.1\n7 0.5 0.5 0.1 0.1\n")
     failed = _cli(tmp_path, params, "raw/target", "organized/target", "metrics/target.json", "--others", "raw")
     assert failed.returncode == 2 and "Traceback" not in failed.stderr
-    assert failed.stderr.startswith("error: raw/target: 1 problems in the inputs")
+    assert "\nerror: raw/target: 1 problems in the inputs" in f"\n{failed.stderr}"  # after the progress lines of the phases run
     assert "raw/target/labels/target_00002.txt:2: class id 7 is not one of 0..4" in failed.stderr

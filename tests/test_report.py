@@ -8,9 +8,16 @@ After the verdict comes the forgetting matrix: a model x dataset table, skipped 
 
 from __future__ import annotations
 
-from stagetrain import forgetting, stats
+import re
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from stagetrain import charts, forgetting, plots, stats
 from stagetrain.config import parse
-from stagetrain.report import forgetting_lines, render, verdict
+from stagetrain.errors import UserError
+from stagetrain.report import export_lines, forgetting_lines, render, verdict
 
 
 def _versus(diff: float, low: float, high: float, margin: float = 0.01, detectable: float = 0.015) -> dict:
@@ -159,3 +166,87 @@ def test_report_places_the_matrix_after_the_verdict_and_keeps_it_out_of_the_mode
     assert text.index("## Verdict") < text.index("## Forgetting matrix") and "| forgetting |" not in text
     assert "No verdict: `evaluate.models` holds only the baseline." in text  # the matrix is no candidate
     assert "Reading: `stage3` lost 10.0 pt" in text and text.endswith("\n")
+
+
+# ---- charts (issue 12): PNG files under metrics/report/, linked relatively from report.md ------------------
+
+
+def _curves(root: Path, epochs: dict[str, int]) -> None:
+    """dvclive's val mAP50-95 TSV of each stage as train@<stage> leaves it (step 0 = the first epoch)."""
+    for stage, n in epochs.items():
+        tsv = root / stage / plots.LIVE_METRICS / f"{plots.EPOCHS_FROM}.tsv"
+        tsv.parent.mkdir(parents=True, exist_ok=True)
+        tsv.write_text("step\tmAP50-95\n" + "".join(f"{step}\t{0.1 + 0.02 * step}\n" for step in range(n)))
+
+
+def test_schedule_rows_continue_each_stage_where_its_from_stage_stopped(tmp_path, params):
+    params["stages"] = {name: params["stages"][name] for name in ("stage1", "stage2", "stage3", "baseline")}
+    cfg = parse(params)
+    _curves(tmp_path, {"stage1": 3, "stage2": 2, "stage3": 2, "baseline": 4})
+    rows = charts.schedule_rows(cfg, tmp_path)
+    placed = {(r["stage"], r["epoch"]): r["global_epoch"] for r in rows}
+    assert [placed["stage1", e] for e in (1, 2, 3)] == [1, 2, 3] and [placed["stage2", e] for e in (1, 2)] == [4, 5]
+    assert [placed["stage3", e] for e in (1, 2)] == [6, 7] and [placed["baseline", e] for e in (1, 4)] == [1, 4]  # from base: epoch 1
+    assert next(r["map50_95"] for r in rows if r["stage"] == "stage2" and r["epoch"] == 2) == pytest.approx(0.12)
+    (tmp_path / "stage2" / plots.LIVE_METRICS / f"{plots.EPOCHS_FROM}.tsv").unlink()
+    with pytest.raises(UserError, match=r"stage2/plots/metrics/val/mAP50-95.tsv does not exist: train@stage2 logs it"):
+        charts.draw_all(cfg, tmp_path, {}, [], tmp_path / "charts")
+
+
+def _png(path: Path) -> Image.Image:
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(path) as image:
+        image.load()
+        return image.convert("RGB")
+
+
+def test_report_embeds_three_charts_that_are_real_pngs_and_byte_stable(tmp_path, params):
+    """Charts from hand-written figures: valid PNGs with content, linked from report.md by relative paths that resolve,
+    and the same bytes when drawn again (the repro check compares them byte by byte)."""
+    params["stages"] = {name: params["stages"][name] for name in ("stage1", "stage2", "stage3", "baseline")}
+    cfg = parse(params)
+    _curves(tmp_path / "metrics", {"stage1": 3, "stage2": 2, "stage3": 2, "baseline": 4})
+    evaluation = _eval(_versus(0.05, 0.03, 0.07))
+    for name, scale in (("stage3", 0.8), ("baseline", 0.5)):
+        evaluation[name]["per_class"] = {c: {"AP50": scale, "AP50-95": scale * (i + 1) / 6} for i, c in enumerate(cfg.classes)}
+    matrix = hand_matrix({"diff": -0.1, "ci_low": -0.13, "ci_high": -0.07})
+    rows = forgetting.chart_rows(matrix)
+    assert rows[0] == {"model": "stage3", "dataset": "source", "map50_95": 0.4, "drop": -0.1} and len(rows) == 4
+    drawn = charts.draw_all(cfg, tmp_path / "metrics", evaluation, rows, tmp_path / "metrics/report")
+    assert set(drawn.files) == {"schedule", "forgetting", "per_class"}
+    for file in drawn.files.values():
+        image = _png(tmp_path / "metrics/report" / file)
+        assert image.width >= 400 and image.height >= 200
+        assert len(image.getcolors(maxcolors=1 << 20)) > 50  # lines, bars, text: not a blank canvas
+    assert _png(tmp_path / "metrics/report/schedule.png").size == (900, 480)
+    again = charts.draw_all(cfg, tmp_path / "metrics", evaluation, rows, tmp_path / "again")
+    assert all((tmp_path / "metrics/report" / f).read_bytes() == (tmp_path / "again" / f).read_bytes() for f in again.files.values())
+
+    text = render(cfg, _stages(0.6, 0.7, 0.8, 0.7), {**evaluation, "forgetting": matrix}, None, drawn.linked_from(tmp_path / "metrics"))
+    links = re.findall(r"!\[[^\]]+\]\(([^)]+)\)", text)
+    assert links == ["report/schedule.png", "report/per_class.png", "report/forgetting.png"]
+    assert all((tmp_path / "metrics" / link).is_file() for link in links)
+    assert text.index("report/schedule.png") < text.index("## Test split") < text.index("report/per_class.png") < text.index("## Verdict")
+    assert text.index("## Forgetting matrix") < text.index("report/forgetting.png")
+
+
+def test_charts_without_data_are_left_out_of_the_report(tmp_path, params):
+    params["stages"] = {name: params["stages"][name] for name in ("stage1", "stage2", "stage3", "baseline")}
+    cfg = parse(params)
+    _curves(tmp_path, {"stage1": 2, "stage2": 2, "stage3": 2, "baseline": 2})
+    (tmp_path / "charts").mkdir()
+    (tmp_path / "charts/per_class.png").write_bytes(b"stale")  # an earlier run's chart must not outlive its data
+    drawn = charts.draw_all(cfg, tmp_path, _eval(None), [], tmp_path / "charts")
+    assert set(drawn.files) == {"schedule"} and [p.name for p in (tmp_path / "charts").iterdir()] == ["schedule.png"]
+    text = render(cfg, {}, _eval(None), None, drawn.linked_from(tmp_path))
+    assert re.findall(r"!\[[^\]]+\]\(([^)]+)\)", text) == ["charts/schedule.png"]
+
+
+def test_flat_export_json_gives_the_export_table():
+    """metrics/export.json as flat `<format>_<figure>` keys (issue 12): one row per format, skipped ones with why."""
+    export = {"model": "stage3", "pytorch_map50": 0.7, "onnx_matched": 1.0, "onnx_max_conf_delta": 0.0012, "onnx_map50_delta": -0.0004}
+    export |= {"onnx_latency_ratio_160": 0.61, "onnx_latency_ratio_640": 0.55, "engine_skipped": "no CUDA device"}
+    lines = export_lines(export)
+    assert lines[1] == "## Export of `stage3` (metrics/export.json; detail in models/export/)"
+    assert "| onnx | 100.0% | 0.0012 | -0.04 pt | 0.61× @ 160 px, 0.55× @ 640 px |" in lines
+    assert "| engine | skipped: no CUDA device | - | - | - |" in lines and not any(line.startswith("| openvino") for line in lines)

@@ -31,6 +31,11 @@ def test_json_compares_every_value_but_timings(tmp_path):
     assert found.first is None and found.excluded == ["seconds", "onnx.latency_ms.64", "s3.inference_ms_per_image"]
     b.write_text(json.dumps({"mAP50": 0.6, "seconds": 12.0, "onnx": {"latency_ms": {"64": 3.0}, "bytes": 8}}))
     assert diff.diff_json(a, b, "metrics/x.json").first == "mAP50: 0.5 vs 0.6"
+    # export.json's flat keys (issue 12): a latency ratio is a timing too; the parity figures beside it are not
+    a.write_text(json.dumps({"onnx_matched": 1.0, "onnx_latency_ratio_640": 0.5}))
+    b.write_text(json.dumps({"onnx_matched": 0.98, "onnx_latency_ratio_640": 0.7}))
+    flat = diff.diff_json(a, b, "metrics/export.json")
+    assert flat.excluded == ["onnx_latency_ratio_640"] and flat.first == "onnx_matched: 1.0 vs 0.98"
 
 
 def test_markdown_tables_lose_only_their_timing_columns(tmp_path):
@@ -129,7 +134,22 @@ def test_check_catches_a_nondeterministic_stage(tmp_path):
 
 def test_check_passes_on_the_unchanged_data_stages(tmp_path, capsys):
     result = repro_check.check(tmp_path, targets=["organize@target"])
-    assert result.differences == [] and result.outputs >= 3 and result.metric_values > 0, repro_check.report(result)
+    assert result.differences == [] and result.stages[-1] == "organize@target", repro_check.report(result)
+    # organize's report is a plain output now (issue 12: no metrics from organize): compared by hash, like the data
+    assert result.outputs >= 4 and result.metric_values == 0, repro_check.report(result)
+
+
+def test_a_metrics_folder_is_compared_file_by_file(tmp_path):
+    """evaluate declares metrics/test (one file per model): each JSON file in it is a metric file of the stage."""
+    (tmp_path / "metrics/test").mkdir(parents=True)
+    for name in ("stage3", "baseline"):
+        (tmp_path / f"metrics/test/{name}.json").write_text(json.dumps({"mAP50": 0.5}))
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  evaluate:\n    cmd: 'true'\n    metrics:\n      - metrics/test\n      - metrics/x.json\n"
+    )
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
+    found = repro_check.metric_files(tmp_path)
+    assert found == {"metrics/test/baseline.json": "evaluate", "metrics/test/stage3.json": "evaluate", "metrics/x.json": "evaluate"}
 
 
 # ---- a checkout that has run the pipeline: its dvc.lock stays behind -----------------------------

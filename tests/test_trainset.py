@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -143,13 +144,20 @@ def test_a_stale_or_missing_list_is_refused_before_training(organized, params, t
     params["stages"]["stage3"]["replay"] = {"source": 0.5}
     with pytest.raises(UserError, match=r"manifest.json: written for .* rerun trainset@stage3"):
         trainset.summary(parse(params), "stage3", out / "data.yaml")
-    with pytest.raises(UserError, match=r"`stages.stage3` replays source, but this data.yaml has no manifest.json"):
+    with pytest.raises(UserError, match=r"`stages.stage3` sets replay, but this data.yaml has no manifest.json"):
         trainset.summary(parse(params), "stage3", organized / "target/data.yaml")
     params["stages"]["stage3"].pop("replay")
     assert trainset.summary(parse(params), "stage3", organized / "target/data.yaml") == {
         "train_images": len(_split(organized, "target")),
         "replayed_images": {},
+        "oversampled_images": 0,
+        "mined_images": 0,
     }
+    params["stages"]["stage3"]["oversample"] = {"orange_cone": 2.0}
+    with pytest.raises(UserError, match=r"`stages.stage3` sets oversample, but this data.yaml has no manifest.json"):
+        trainset.summary(parse(params), "stage3", organized / "target/data.yaml")
+    with pytest.raises(UserError, match=r"manifest.json: written for .*'oversample': \{\}.* rerun trainset@stage3"):
+        trainset.summary(parse(params), "stage3", out / "data.yaml")
 
 
 def test_missing_organized_dataset_is_a_clear_error(organized, params, tmp_path):
@@ -221,3 +229,89 @@ def test_a_stage_with_replay_trains_and_counts_its_images(organized, params, tmp
     args = yaml.safe_load((tmp_path / "models/stage3/args.yaml").read_text())
     assert args["data"] == "data/trainsets/stage3/data.yaml"  # relative, as written to the outputs
     assert not list((tmp_path / "data/trainsets/stage3").glob("*.cache"))
+
+
+# --- critical-class oversampling ----------------------------------------------------------------
+
+
+def test_oversample_counts_take_the_factor_as_written_and_round_half_up():
+    assert trainset.oversample_counts(2.5, 10) == (2, 5)  # 25 entries: each twice, half of them a third time
+    assert trainset.oversample_counts(1.5, 3) == (1, 2)  # 1.5 -> 2 (halves up)
+    assert trainset.oversample_counts(2.2, 5) == (2, 1)  # exactly 11 entries, not 10 or 12 from float error
+    assert trainset.oversample_counts(3.0, 7) == (3, 0)
+    assert trainset.oversample_counts(1.25, 1) == (1, 0)
+    assert trainset.oversample_counts(1.5, 0) == (1, 0)
+
+
+def _holding(images: set[Path], class_id: int) -> set[Path]:
+    return {p for p in images if class_id in trainset.label_classes(p)}
+
+
+def _class_id(params: dict, name: str) -> int:
+    return params["classes"].index(name)
+
+
+def test_oversampling_repeats_images_holding_the_class_exactly(organized, params):
+    """Every image holding a listed class appears its largest factor's times, exactly; others once; boxes follow."""
+    factors = {"large_orange_cone": 2.5, "unknown_cone": 1.5}
+    params["stages"]["stage2"]["oversample"] = factors
+    out, manifest = _run(params, "stage2", organized, "oversample")
+    listed = _listed(out)
+    counts = {p: listed.count(p) for p in set(listed)}
+    own = _split(organized, "target")
+    large = _holding(own, _class_id(params, "large_orange_cone"))
+    unknown = _holding(own, _class_id(params, "unknown_cone")) - large  # an image holding both takes 2.5
+    plain = own - large - unknown
+    assert large and unknown and plain, "the fixture must hold each kind of image"
+    assert set(counts) == own and all(counts[p] == 1 for p in plain)
+    assert sorted({counts[p] for p in large}) == [2, 3] and sum(counts[p] for p in large) == math.floor(2.5 * len(large) + 0.5)
+    assert {counts[p] for p in unknown} <= {1, 2} and sum(counts[p] for p in unknown) == math.floor(1.5 * len(unknown) + 0.5)
+    assert manifest["train_images"] == len(listed) and manifest["oversampled_images"] == len(listed) - len(own)
+    section = manifest["oversample"]
+    assert section["factors"] == factors and section["added"] == len(listed) - len(own)
+    assert section["images_holding"] == {"large_orange_cone": len(large), "unknown_cone": len(unknown | (large & _holding(own, 4)))}
+    assert section["before"]["images"] == len(own) and section["after"]["images"] == len(listed)
+    for name in params["classes"]:  # boxes per class before/after = label rows times how often each image is listed
+        rows = {p: trainset.label_classes(p).count(_class_id(params, name)) for p in own}
+        assert section["before"]["boxes"][name] == sum(rows.values())
+        assert section["after"]["boxes"][name] == sum(rows[p] * counts[p] for p in own) == manifest["datasets"]["target"]["boxes"][name]
+    # Ultralytics' own loader keeps every repeated line: the trainer draws each image that many times an epoch
+    images, labels = ultra.read_split(out / "data.yaml", "train")
+    assert len(images) == len(labels) == len(listed) and sorted(Path(os.path.normpath(p)) for p in images) == listed
+    assert trainset.summary(parse(params), "stage2", out / "data.yaml")["oversampled_images"] == len(listed) - len(own)
+
+
+def test_oversampling_is_seeded_and_covers_replayed_images(organized, params):
+    params["stages"]["stage3"].update(replay={"source": 0.5}, oversample={"large_orange_cone": 1.5})
+    first, manifest = _run(params, "stage3", organized, "os_first")
+    second, _ = _run(params, "stage3", organized, "os_second")
+    assert (first / "train.txt").read_bytes() == (second / "train.txt").read_bytes()
+    listed = _listed(first)
+    repeated = {p for p in listed if listed.count(p) > 1}
+    assert any("/source/" in p.as_posix() for p in repeated) and any("/target/" in p.as_posix() for p in repeated)
+    params["seed"] = 1
+    reseeded, _ = _run(params, "stage3", organized, "os_reseeded")
+    again = _listed(reseeded)
+    assert {p for p in again if again.count(p) > 1 and "/target/" in p.as_posix()} != {p for p in repeated if "/target/" in p.as_posix()}
+    assert manifest["oversample"]["before"]["images"] == len(set(listed))
+
+
+@pytest.mark.parametrize(
+    ("oversample", "message"),
+    [
+        ({"orange_cones": 2.0}, r"`stages.stage2.oversample.orange_cones` names no class; .* did you mean `orange_cone`"),
+        ({"orange_cone": 0.5}, r"`stages.stage2.oversample.orange_cone` is 0.5; use a factor in \[1, 20.0\]"),
+        ({"orange_cone": "x3"}, r"`stages.stage2.oversample.orange_cone` must be a number, got a string"),
+        ([("orange_cone", 2)], r"`stages.stage2.oversample` must be a mapping"),
+    ],
+)
+def test_oversample_params_are_validated(params, oversample, message):
+    params["stages"]["stage2"]["oversample"] = oversample
+    with pytest.raises(UserError, match=message):
+        parse(params)
+
+
+def test_oversample_null_or_empty_is_off(params):
+    for value in (None, {}):
+        params["stages"]["stage2"]["oversample"] = value
+        assert dict(parse(params).stages["stage2"].oversample) == {}

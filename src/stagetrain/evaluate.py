@@ -29,7 +29,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from stagetrain import forgetting, stats, ultra
+from stagetrain import forgetting, progress, stats, ultra
 from stagetrain.config import Config, EvaluateSpec
 from stagetrain.data.organized import split_images
 from stagetrain.errors import UserError
@@ -52,6 +52,7 @@ class ModelEvaluation(NamedTuple):
     pr_curve: list[dict[str, float]]  # rows {recall, precision}: mean over classes, IoU 0.5
     confusion: list[dict[str, str]]  # rows {actual, predicted}: one per matched or unmatched box
     records: stats.DetectionRecords  # per-image matches of its predictions: the input of the paired bootstrap
+    predictions: list[dict[str, Any]]  # Ultralytics-format (COCO json) predictions: what ensembles fuse (ensemble.py)
 
 
 def coco_ground_truth(images: list[Path], classes: tuple[str, ...]) -> dict[str, Any]:
@@ -234,6 +235,7 @@ def evaluate_model(cfg: Config, weights: Path, data_yaml: Path, work_dir: Path, 
         pr_rows(*ultra.pr_curve(result)),
         confusion_rows(ultra.confusion_counts(result), cfg.classes),
         detection_records(ground_truth, predictions, len(cfg.classes)),
+        predictions,
     )
 
 
@@ -286,7 +288,9 @@ def run(
     def score(model: str, dataset: str) -> ModelEvaluation:
         if (dataset, model) not in scored:
             weights, folder = models_dir / model / "best.pt", work_dir / dataset / model
-            scored[dataset, model] = evaluate_model(cfg, weights, data[dataset], folder, validator)
+            with progress.phase(f"evaluate: {model} on {dataset}/{cfg.evaluate.split}") as scoring:  # one line per model and dataset
+                scored[dataset, model] = evaluate_model(cfg, weights, data[dataset], folder, validator)
+                scoring.update(scored[dataset, model].metrics["images"])
         return scored[dataset, model]
 
     results = {}
@@ -300,6 +304,12 @@ def run(
         if plots_dir is not None:
             (plots_dir / "pr" / f"{name}.json").write_text(json.dumps(evaluation.pr_curve) + "\n")
             (plots_dir / "confusion" / f"{name}.json").write_text(json.dumps(evaluation.confusion) + "\n")
+    from stagetrain import ensemble  # here, not at the top: ensemble.py imports this module
+
+    for name, spec in cfg.evaluate.ensembles.items():  # WBF of the members' predictions, scored (and compared) like a model
+        members = [score(model, cfg.evaluate.dataset) for model in spec.models]
+        scored[cfg.evaluate.dataset, name] = ensemble.evaluate_ensemble(cfg, spec, members, data[cfg.evaluate.dataset])
+        results[name] = scored[cfg.evaluate.dataset, name].metrics
     for name in (n for n in results if n != BASELINE):
         results[name]["vs_baseline"] = (
             versus_baseline(scored[cfg.evaluate.dataset, BASELINE].records, scored[cfg.evaluate.dataset, name].records, cfg)
@@ -314,3 +324,44 @@ def run(
     results[FORGETTING] = forgetting.matrix(cfg, records, skipped)
     shutil.rmtree(work_dir, ignore_errors=True)
     return results
+
+
+MODEL_METRICS = ("mAP50", "mAP50-95", "precision", "recall", "coco_mAP50-95")  # a model's row of `dvc metrics show`
+
+
+def model_metrics(results: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{model: metrics/test/<model>.json}``: the few test figures a person compares across experiments, flat.
+
+    Per evaluated model (every entry of ``run``'s result that holds a test ``mAP50-95``): ``MODEL_METRICS``,
+    ``vs_baseline`` (``diff``, ``ci_low``, ``ci_high`` of test mAP50-95, model - baseline, and ``verdict``) and
+    ``drop_mAP50-95`` (``{dataset: model - reference}`` for each forgetting-matrix cell with a drop). The rest
+    (per-class AP, the mAP50 interval, bootstrap settings, the whole matrix) stays in eval.json.
+    """
+    drops: dict[str, dict[str, float]] = {}
+    for dataset, entry in (results.get(FORGETTING) or {}).get("datasets", {}).items():
+        for model, cell in entry.get("models", {}).items():
+            if "drop_mAP50-95" in cell:
+                drops.setdefault(model, {})[dataset] = cell["drop_mAP50-95"]["diff"]
+    rows = {}
+    for name, entry in results.items():
+        if name == FORGETTING or not isinstance(entry, Mapping) or "mAP50-95" not in entry:
+            continue
+        row = {key: entry[key] for key in MODEL_METRICS if key in entry}
+        versus = entry.get("vs_baseline") or {}
+        if "map50_95" in versus:
+            row["vs_baseline"] = {**{k: versus["map50_95"][k] for k in ("diff", "ci_low", "ci_high")}, "verdict": versus["verdict"]}
+        if name in drops:
+            row["drop_mAP50-95"] = drops[name]
+        rows[name] = row
+    return rows
+
+
+def write_model_metrics(results: Mapping[str, Any], folder: Path) -> list[Path]:
+    """One ``<model>.json`` per evaluated model in ``folder`` (emptied first): one row each in ``dvc metrics show``."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    written = []
+    for name, row in model_metrics(results).items():
+        written.append(folder / f"{name}.json")
+        written[-1].write_text(json.dumps(row, indent=2) + "\n")
+    return written

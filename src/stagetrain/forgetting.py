@@ -92,3 +92,21 @@ def _cell(cfg: Config, scored: Mapping[str, stats.DetectionRecords], model: str,
     for metric, key in (("map50_95", "drop_mAP50-95"), ("map50", "drop_mAP50")):
         cell[key] = {k: round(boot[metric][k], 6) for k in ("diff", "ci_low", "ci_high")}
     return cell
+
+
+def chart_rows(matrix: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """metrics/eval/forgetting.json: the matrix as rows ``{model, dataset, map50_95, drop}`` for a heatmap.
+
+    ``drop`` is model - reference in test mAP50-95 (negative: forgotten), None where the cell has no
+    reference stage other than the model itself; datasets that were skipped have no rows.
+    """
+    return [
+        {
+            "model": model,
+            "dataset": dataset,
+            "map50_95": cell["mAP50-95"],
+            "drop": cell["drop_mAP50-95"]["diff"] if "drop_mAP50-95" in cell else None,
+        }
+        for dataset, entry in matrix.get("datasets", {}).items()
+        for model, cell in entry.get("models", {}).items()
+    ]

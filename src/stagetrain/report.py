@@ -8,15 +8,23 @@ there is no detectable difference and the simpler single-stage baseline is prefe
 
 After the verdict, the forgetting matrix (eval.json's ``forgetting``): each model on every dataset's
 test split, with its drop against the stage that trained on that dataset, and one line reading it.
+
+Charts (``stagetrain.charts``, PNG files linked relatively) follow the tables they illustrate: the val
+curve along the schedule after the stage table, per-class AP after the test table, the matrix's heatmap
+after the matrix.
 """
 
 from __future__ import annotations
 
 import itertools
 from statistics import NormalDist
+from typing import TYPE_CHECKING
 
 from stagetrain.config import Config, EvaluateSpec
 from stagetrain.stats import Decision
+
+if TYPE_CHECKING:  # rendering reads the links only: stages that import this module (calibrate) need no matplotlib
+    from stagetrain.charts import Charts
 
 BASELINE = EvaluateSpec.BASELINE
 FORGETTING = EvaluateSpec.FORGETTING
@@ -113,8 +121,16 @@ def _per_size(entry: dict, key: str) -> str:
     return ", ".join(f"{value} @ {size} px" for size, value in entry.get(key, {}).items()) or "-"
 
 
+EXPORT_FORMATS = ("onnx", "openvino", "engine")
+
+
 def export_lines(export: dict) -> list[str]:
-    """The shipped model's formats: file, size, parity with PyTorch and latency ratio at each measured size."""
+    """The shipped model's formats: file, size, parity with PyTorch and latency ratio at each measured size.
+
+    Reads both shapes of metrics/export.json: one entry per format, or flat ``<format>_<figure>`` keys.
+    """
+    if not any(isinstance(export.get(fmt), dict) for fmt in EXPORT_FORMATS):
+        return _flat_export_lines(export)
     lines = ["", f"## Export of `{export.get('model', '?')}` (metrics/export.json)", ""]
     lines += [_row(["format", "file", "MB", "max abs diff", "Δ mAP50 vs PyTorch", "latency ms", "latency vs PyTorch"]), _row(["---"] * 7)]
     for fmt in ("onnx", "engine"):
@@ -139,6 +155,28 @@ def export_lines(export: dict) -> list[str]:
                 ]
             )
         ]
+    return lines
+
+
+def _flat_export_lines(export: dict) -> list[str]:
+    """The flat export.json: per format, the parity gate's figures and the latency ratio at each measured size."""
+    lines = ["", f"## Export of `{export.get('model', '?')}` (metrics/export.json; detail in models/export/)", ""]
+    lines += [_row(["format", "matched", "max Δconf", "Δ mAP50 vs PyTorch", "latency vs PyTorch"]), _row(["---"] * 5)]
+    for fmt in EXPORT_FORMATS:
+        if f"{fmt}_skipped" in export:
+            lines += [_row([fmt, f"skipped: {export[f'{fmt}_skipped']}", "-", "-", "-"])]
+            continue
+        if f"{fmt}_matched" not in export:
+            continue
+        prefix = f"{fmt}_latency_ratio_"
+        ratios = ", ".join(f"{v}× @ {k.removeprefix(prefix)} px" for k, v in export.items() if k.startswith(prefix)) or "-"
+        conf, delta = export.get(f"{fmt}_max_conf_delta"), export.get(f"{fmt}_map50_delta")
+        cells = [
+            f"{export[f'{fmt}_matched']:.1%}",
+            "-" if conf is None else f"{conf:.4f}",
+            "-" if delta is None else f"{delta * 100:+.2f} pt",
+        ]
+        lines += [_row([fmt, *cells, ratios])]
     return lines
 
 
@@ -170,11 +208,31 @@ def evaluation_lines(cfg: Config, evaluation: dict[str, dict]) -> list[str]:
             f"({z:.2f} × the bootstrap standard error)."
         )
         lines += ["", note]
+    lines += [ensemble_note(name, m["ensemble"]) for name, m in evaluation.items() if "ensemble" in m]
     return lines
 
 
-def render(cfg: Config, stage_metrics: dict[str, dict], evaluation: dict[str, dict], export: dict | None = None) -> str:
-    """The markdown report: stage table (val), test table with the pycocotools cross-check, export, verdict, forgetting."""
+def ensemble_note(name: str, spec: dict) -> str:
+    """How an ``evaluate.ensembles`` row was made: its members and weighted boxes fusion settings."""
+    members = " + ".join(f"`{m}` (×{w:g})" for m, w in zip(spec["models"], spec["weights"]))
+    return (
+        f"\n`{name}`: weighted boxes fusion of {members}, IoU {spec['iou']:g}, skip < {spec['skip']:g}, confidence `{spec['conf_type']}`; "
+        "scored by pycocotools' matching, precision/recall at the confidence maximising the class-mean F1 (Ultralytics' rule)."
+    )
+
+
+def _chart(charts: Charts | None, name: str, alt: str) -> list[str]:
+    """A chart's image line (its link relative to report.md), or nothing when it was not drawn."""
+    return ["", f"![{alt}]({charts.files[name]})"] if charts and name in charts.files else []
+
+
+def render(
+    cfg: Config, stage_metrics: dict[str, dict], evaluation: dict[str, dict], export: dict | None = None, charts: Charts | None = None
+) -> str:
+    """The markdown report: stage table (val), test table with the pycocotools cross-check, export, verdict, forgetting.
+
+    ``charts`` holds the PNG links (relative to report.md) placed under their tables.
+    """
     matrix, evaluation = evaluation.get(FORGETTING), models_of(evaluation)
     # Val deltas only compare stages validated on the baseline's dataset: other val splits are other questions.
     base_dataset = cfg.stages[BASELINE].dataset if BASELINE in cfg.stages else None
@@ -217,13 +275,19 @@ def render(cfg: Config, stage_metrics: dict[str, dict], evaluation: dict[str, di
                 ]
             )
         ]
+    lines += _chart(charts, "schedule", "Val mAP50-95 per epoch along the schedule, stage boundaries marked, the baseline beside it")
     lines += evaluation_lines(cfg, evaluation)
+    lines += _chart(charts, "per_class", "Per-class test AP50-95 of the evaluated models")
     gaps = [abs(m["coco_delta_mAP50-95"]) for m in evaluation.values() if "coco_delta_mAP50-95" in m]
     if gaps:
         lines += ["", f"Cross-check: pycocotools scores the same predictions within {max(gaps):.4f} mAP50-95 of Ultralytics."]
     lines += export_lines(export) if export else []
     lines += ["", "## Verdict", "", verdict(cfg, stage_metrics, evaluation), ""]
-    lines += [*forgetting_lines(matrix), ""] if matrix else []
+    lines += (
+        [*forgetting_lines(matrix), *_chart(charts, "forgetting", "Forgetting matrix: test mAP50-95 per model and dataset"), ""]
+        if matrix
+        else []
+    )
     return "\n".join(lines)
 
 

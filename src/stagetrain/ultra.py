@@ -175,6 +175,8 @@ _LAZY = {  # name here -> (module, name there)
     "DetectionModel": ("ultralytics.nn.tasks", "DetectionModel"),
     "DetectionTrainer": ("ultralytics.models.yolo.detect", "DetectionTrainer"),
     "DetectionValidator": ("ultralytics.models.yolo.detect", "DetectionValidator"),
+    "DetectionPredictor": ("ultralytics.models.yolo.detect", "DetectionPredictor"),  # select.py: per-box class scores
+    "non_max_suppression": ("ultralytics.utils.nms", "non_max_suppression"),
     "AutoBackend": ("ultralytics.nn.autobackend", "AutoBackend"),
     "img2label_paths": ("ultralytics.data.utils", "img2label_paths"),
     "IMG_FORMATS": ("ultralytics.data.utils", "IMG_FORMATS"),
@@ -217,6 +219,9 @@ def load() -> None:
     # validator uses ours instead (~1.8x img/s on 2 cores; 1 thread under `taskset -c 0`).
     torch_utils.NUM_THREADS = CPU_THREADS
     torch.set_num_threads(CPU_THREADS)
+    from ultralytics.engine import trainer as trainer_module
+
+    trainer_module.check_amp = hermetic_check_amp  # the trainer's own name for it (imported there by name)
     _loaded = True
     if installed_version() != TESTED_ULTRALYTICS:
         warnings.warn(
@@ -224,6 +229,39 @@ def load() -> None:
             "run `pytest tests/test_compat.py` to see which internals changed",
             stacklevel=2,
         )
+
+
+AMP_WEIGHTS = "yolo26n.pt"  # what Ultralytics' check_amp loads (downloads when absent) on a CUDA device
+
+
+def hermetic_check_amp(model: Any) -> bool:
+    """Ultralytics' ``check_amp`` without its download: the trainer calls this in its place.
+
+    On CUDA, Ultralytics loads ``yolo26n.pt`` (a download offline: a failed network attempt, then AMP
+    kept on). With that file already in the weights dir, or off CUDA (where no file is loaded and AMP is
+    off), its own check runs. Otherwise the model being trained is its own probe: one FP32 and one
+    autocast forward of a fixed input must agree within Ultralytics' tolerance (0.5 px; scores are in
+    [0, 1]), else AMP is turned off with the reason logged. Unverified here: no CUDA device in CI.
+    """
+    import copy
+
+    import torch
+    from ultralytics.utils import LOGGER, WEIGHTS_DIR
+    from ultralytics.utils.checks import check_amp
+
+    device = next(model.parameters()).device
+    if device.type != "cuda" or (WEIGHTS_DIR / AMP_WEIGHTS).is_file():
+        return check_amp(model)
+    probe = copy.deepcopy(model).eval().float()
+    size = max(256, int(model.stride.max() * 4))
+    x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
+    with torch.no_grad():
+        full = probe(x)[0]
+        with torch.autocast(device_type="cuda"):
+            mixed = probe(x)[0]
+    ok = full.shape == mixed.shape and bool(torch.isfinite(mixed).all()) and torch.allclose(full, mixed.float(), atol=0.5)
+    LOGGER.info(f"AMP: {'on' if ok else 'off'}: FP32 vs autocast forward of the model itself ({AMP_WEIGHTS} absent, not downloaded)")
+    return ok
 
 
 def __getattr__(name: str) -> Any:

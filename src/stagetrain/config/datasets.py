@@ -76,6 +76,18 @@ def _local(options: Mapping[str, Any], where: str, src: str) -> None:
         raise UserError(f"{src}: `{where}.path` is empty; name a dataset folder or a .zip/.tar.gz/.tgz/.tar file")
 
 
+def _annotations(options: Mapping[str, Any], where: str, src: str) -> None:
+    """A returned annotation package (data/annotation.py): the package select@<round> wrote, and its labels."""
+    check_keys(options, ("package", "labels"), where, src)
+    if not require(options, "package", str, where, src).strip():
+        raise UserError(f"{src}: `{where}.package` is empty; name the package.zip a select@<round> stage wrote")
+    if not require(options, "labels", str, where, src).strip():
+        raise UserError(
+            f"{src}: `{where}.labels` is empty; name the returned COCO JSON, a folder of YOLO .txt labels, "
+            "or `oracle` (synthetic pools only: tests and benchmarks)"
+        )
+
+
 def _downloaded(options: Mapping[str, Any], kind: str, where: str, src: str) -> dict[str, Any]:
     """Options of a dataset organize reads from files: its format (defaulted) and unpacked-size cap."""
     formats = ROBOFLOW_FORMATS if kind == "roboflow" else LOCAL_FORMATS
@@ -112,8 +124,8 @@ def dataset(key: Any, raw: Any, classes: tuple[str, ...], src: str) -> DatasetSp
     kind = require(raw, "kind", str, path, src)
     one_of(kind, DATASET_KINDS, f"{path}.kind", src)
     options = require(raw, kind, dict, path, src)
-    {"synthetic": _synthetic, "roboflow": _roboflow, "local": _local}[kind](options, f"{path}.{kind}", src)
-    if kind != "synthetic":
+    {"synthetic": _synthetic, "roboflow": _roboflow, "local": _local, "annotations": _annotations}[kind](options, f"{path}.{kind}", src)
+    if kind in ("roboflow", "local"):
         options = _downloaded(options, kind, f"{path}.{kind}", src)
     mapping = class_map(raw.get("class_map"), classes, f"{path}.class_map", src)
     return DatasetSpec(dataset_name, kind, MappingProxyType(dict(options)), MappingProxyType(mapping))

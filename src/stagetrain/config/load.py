@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -10,9 +11,21 @@ from typing import Any
 import yaml
 
 from stagetrain import ultra
-from stagetrain.config import datasets, graph, stages
+from stagetrain.config import calibration, datasets, graph, stages
+from stagetrain.config import select as select_rounds
 from stagetrain.config.checks import at_least, check_keys, name, one_of, require, section, str_list, suggest, typed
-from stagetrain.config.schema import BASE, EXPORT_FORMATS, ON_BAD, SPLITS, TOP_LEVEL_KEYS, Config, EvaluateSpec, ExportSpec, OrganizeSpec
+from stagetrain.config.schema import (
+    BASE,
+    EXPORT_FORMATS,
+    ON_BAD,
+    SPLITS,
+    TOP_LEVEL_KEYS,
+    Config,
+    EvaluateSpec,
+    ExportSpec,
+    OrganizeSpec,
+    ParitySpec,
+)
 from stagetrain.errors import UserError
 
 MAX_NEAR_DUPLICATES = 64  # a quarter of the perceptual hash's bits: beyond it, different images start to match
@@ -110,7 +123,8 @@ def _model(raw: Mapping[str, Any], src: str) -> tuple[str, int, dict[str, str]]:
 
 def _evaluate(raw: Mapping[str, Any], src: str) -> EvaluateSpec:
     evaluate = section(raw, "evaluate", "", src)
-    check_keys(evaluate, ("dataset", "split", "models", "tta", "margin", "resamples", "datasets", "all_stages"), "evaluate", src)
+    keys = ("dataset", "split", "models", "tta", "margin", "resamples", "datasets", "all_stages", "ensembles")
+    check_keys(evaluate, keys, "evaluate", src)
     split = require(evaluate, "split", str, "evaluate", src)
     one_of(split, SPLITS, "evaluate.split", src)
     tta = typed(evaluate.get("tta", False), bool, "evaluate.tta", src)
@@ -125,7 +139,9 @@ def _evaluate(raw: Mapping[str, Any], src: str) -> EvaluateSpec:
         raise UserError(
             f"{src}: `stages.{EvaluateSpec.FORGETTING}`: eval.json holds the forgetting matrix under that name; rename the stage"
         )
-    return EvaluateSpec(dataset, split, models, tta, margin, resamples, _matrix_datasets(raw, evaluate, src), all_stages)
+    stage_names = tuple(str(key) for key in section(raw, "stages", "", src))
+    ensembles = calibration.ensembles(evaluate, stage_names, src)
+    return EvaluateSpec(dataset, split, models, tta, margin, resamples, _matrix_datasets(raw, evaluate, src), all_stages, ensembles)
 
 
 def _matrix_datasets(raw: Mapping[str, Any], evaluate: Mapping[str, Any], src: str) -> tuple[str, ...]:
@@ -149,7 +165,7 @@ def _matrix_datasets(raw: Mapping[str, Any], evaluate: Mapping[str, Any], src: s
 
 def _export(raw: Mapping[str, Any], src: str) -> ExportSpec:
     export = section(raw, "export", "", src)
-    check_keys(export, ("model", "formats", "half", "int8", "opset", "dynamic", "simplify"), "export", src)
+    check_keys(export, ("model", "formats", "half", "int8", "opset", "dynamic", "simplify", "conf", "iou", "parity"), "export", src)
     formats = str_list(export, "formats", "export", src)
     for i, fmt in enumerate(formats):
         one_of(fmt, EXPORT_FORMATS, f"export.formats[{i}]", src, "engine = TensorRT, built only with a CUDA GPU")
@@ -164,7 +180,26 @@ def _export(raw: Mapping[str, Any], src: str) -> ExportSpec:
         opset=opset,
         dynamic=typed(export.get("dynamic", True), bool, "export.dynamic", src),
         simplify=typed(export.get("simplify", True), bool, "export.simplify", src),
+        conf=_fraction(export, "conf", ExportSpec.conf, "export", src),
+        iou=_fraction(export, "iou", ExportSpec.iou, "export", src),
+        parity=_parity(export, src),
     )
+
+
+def _fraction(raw: Mapping[str, Any], key: str, default: float, path: str, src: str) -> float:
+    """An optional number in [0, 1] (a share, a confidence, an IoU)."""
+    value = typed(raw.get(key, default), float, f"{path}.{key}", src)
+    if not 0 <= value <= 1:
+        raise UserError(f"{src}: `{path}.{key}` is {value}; use a number from 0 to 1")
+    return value
+
+
+def _parity(export: Mapping[str, Any], src: str) -> ParitySpec:
+    parity = export.get("parity") or {}
+    parity = typed(parity, dict, "export.parity", src)
+    keys = tuple(f.name for f in dataclasses.fields(ParitySpec))
+    check_keys(parity, keys, "export.parity", src)
+    return ParitySpec(**{k: _fraction(parity, k, getattr(ParitySpec, k), "export.parity", src) for k in keys})
 
 
 def parse(raw: Any, src: str = "params.yaml") -> Config:
@@ -199,9 +234,13 @@ def parse(raw: Any, src: str = "params.yaml") -> Config:
         evaluate=_evaluate(raw, src),
         export=_export(raw, src),
         source=src,
+        select=select_rounds.rounds(raw, src),
+        calibrate=calibration.calibrate(raw, classes, src),
     )
     graph.check_references(cfg)
+    select_rounds.check_references(cfg)
     stages.check_replay(cfg)
+    stages.check_data_loop(cfg)
     return cfg
 
 

@@ -15,10 +15,13 @@ from stagetrain.config.schema import (
     STAGE_KEYS,
     Config,
     DistillSpec,
+    HardNegativesSpec,
     StageSpec,
 )
 from stagetrain.config.ultralytics_args import ultralytics_args, ultralytics_defaults
 from stagetrain.errors import UserError
+
+MAX_OVERSAMPLE = 20.0  # beyond it one class's images swamp an epoch: raise the class's loss weight or collect more data
 
 
 def stage(key: Any, raw: Any, train: Mapping[str, Any], src: str) -> StageSpec:
@@ -41,7 +44,11 @@ def stage(key: Any, raw: Any, train: Mapping[str, Any], src: str) -> StageSpec:
     _check_mosaic(args, raw, path, src)
     distill = _distill(raw["distill"], f"{path}.distill", src) if raw.get("distill") is not None else None
     replay = MappingProxyType(_replay(raw, f"{path}.replay", src))
-    return StageSpec(stage_name, raw["from"], raw["dataset"], freeze_level, MappingProxyType(args), raw["teacher"], distill, replay)
+    oversample = MappingProxyType(_oversample(raw, f"{path}.oversample", src))
+    mining = _hard_negatives(raw["hard_negatives"], f"{path}.hard_negatives", src) if raw.get("hard_negatives") is not None else None
+    return StageSpec(
+        stage_name, raw["from"], raw["dataset"], freeze_level, MappingProxyType(args), raw["teacher"], distill, replay, oversample, mining
+    )
 
 
 def _replay(raw: Mapping[str, Any], at: str, src: str) -> dict[str, float]:
@@ -58,6 +65,66 @@ def _replay(raw: Mapping[str, Any], at: str, src: str) -> dict[str, float]:
             )
         out[dataset] = fraction
     return dict(sorted(out.items()))
+
+
+def _oversample(raw: Mapping[str, Any], at: str, src: str) -> dict[str, float]:
+    """``oversample: {<class>: <factor>}`` (absent, null or ``{}``: none), sorted by class name; names are checked by
+    :func:`check_data_loop`, which knows the class list."""
+    oversample = typed(raw.get("oversample") if raw.get("oversample") is not None else {}, dict, at, src)
+    out = {}
+    for key, value in oversample.items():
+        cls = typed(key, str, f"{at}.{key}", src)
+        factor = typed(value, float, f"{at}.{cls}", src)
+        if not 1 <= factor <= MAX_OVERSAMPLE:
+            raise UserError(
+                f"{src}: `{at}.{cls}` is {factor!r}; use a factor in [1, {MAX_OVERSAMPLE}]: each train image holding a {cls} "
+                "is listed that many times (2.5 = twice, and a seeded half of them a third time); 1 = no oversampling"
+            )
+        out[cls] = factor
+    return dict(sorted(out.items()))
+
+
+def _hard_negatives(raw: Any, at: str, src: str) -> HardNegativesSpec:
+    """``hard_negatives: {conf, iou, copies, pool, max_images}`` (``{}``: every default); the pool is checked by
+    :func:`check_data_loop`, which knows the datasets."""
+    raw = typed(raw, dict, at, src)
+    check_keys(raw, HardNegativesSpec.KEYS, at, src)
+    default = HardNegativesSpec()
+    conf = typed(raw.get("conf", default.conf), float, f"{at}.conf", src)
+    iou = typed(raw.get("iou", default.iou), float, f"{at}.iou", src)
+    for key, value, why in (("conf", conf, "the confidence a false positive reaches"), ("iou", iou, "the IoU that makes a match")):
+        if not 0 < value < 1:
+            raise UserError(f"{src}: `{at}.{key}` is {value!r}; use a value in (0, 1) ({why})")
+    copies = typed(raw.get("copies", default.copies), int, f"{at}.copies", src)
+    at_least(copies, 1, f"{at}.copies", src, "times each mined image joins the training list")
+    pool = raw.get("pool")
+    pool = None if pool is None else name(pool, f"{at}.pool", src)
+    max_images = typed(raw.get("max_images"), (int, type(None)), f"{at}.max_images", src)
+    if max_images is not None:
+        at_least(max_images, 1, f"{at}.max_images", src, "keeps the images with the most false positives; null = all")
+    return HardNegativesSpec(conf, iou, copies, pool, max_images)
+
+
+def check_data_loop(cfg: Config) -> None:
+    """Oversampled classes are canonical classes; a mining pool is a defined dataset other than the stage's own."""
+    for stage in cfg.stages.values():
+        for cls in stage.oversample:
+            if cls not in cfg.classes:
+                hint = suggest(cls, cfg.classes)
+                raise UserError(
+                    f"{cfg.source}: `stages.{stage.name}.oversample.{cls}` names no class; use one of `classes:` "
+                    f"({', '.join(cfg.classes)})" + (f"; {hint}" if hint else "")
+                )
+        pool = stage.hard_negatives.pool if stage.hard_negatives else None
+        if pool is not None and (pool not in cfg.datasets or pool == stage.dataset):
+            at = f"stages.{stage.name}.hard_negatives.pool"
+            if pool == stage.dataset:
+                raise UserError(f"{cfg.source}: `{at}` is the stage's own dataset (mined already); name another dataset or null")
+            hint = suggest(pool, list(cfg.datasets))
+            raise UserError(
+                f"{cfg.source}: `{at}` names no dataset: {pool!r}; use one defined under `datasets:` ({', '.join(cfg.datasets)})"
+                + (f"; {hint}" if hint else "")
+            )
 
 
 def check_replay(cfg: Config) -> None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from stagetrain import progress
 from stagetrain.errors import UserError
 
 SUFFIXES = (".zip", ".tar.gz", ".tgz", ".tar")
@@ -185,10 +186,10 @@ def extract(archive: Path, dest: Path, max_bytes: int | None = None, max_ratio: 
                 infos = zf.infolist()
                 if infos:  # a zip declares its sizes up front: refuse a bomb before writing anything
                     budget.check(sum(info.file_size for info in infos), infos[-1].filename)
-                _write(_zip_entries(zf, archive), dest, budget)
+                _write(progress.track(_zip_entries(zf, archive), f"extract {archive.name}", len(infos), "entries"), dest, budget)
         else:
             with tarfile.open(archive, "r:*") as tf:
-                _write(_tar_entries(tf, archive), dest, budget)
+                _write(progress.track(_tar_entries(tf, archive), f"extract {archive.name}", unit="entries"), dest, budget)
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, RuntimeError) as err:
         # RuntimeError: zipfile's "password required"; OSError: a truncated gzip stream or a full disk
         raise UserError(f"{archive}: cannot be extracted ({err}); re-download or re-create the archive") from None

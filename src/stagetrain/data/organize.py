@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
+from stagetrain import progress
 from stagetrain.config import Config
 from stagetrain.data import formats, leakage, near_dup, screen, splits, validate, write
 from stagetrain.data.workers import available_cores, pmap, pool
@@ -136,7 +137,9 @@ def run(cfg: Config, dataset: str, raw_dir: Path, out_dir: Path, other_raw_dirs:
         samples, removed = splits.dedupe_images(screened.samples) if dedupe else (screened.samples, [])
         if len(samples) < 3:
             raise UserError(f"{raw_dir}: only {len(samples)} usable images; need at least 3 for train/val/test")
-        links, pairs = leakage.link(samples, others, near) if dedupe else (splits.Links(), 0)
+        with progress.phase(f"organize@{dataset}: link copies and near-duplicates", len(samples) if dedupe else 0) as linking:
+            links, pairs = leakage.link(samples, others, near) if dedupe else (splits.Links(), 0)
+            linking.update(len(samples) if dedupe else 0)
         members, origin, notes = splits.assign_splits(samples, dict(cfg.organize.split), cfg.seed, links)
         _check_splits(raw_dir, members, origin, notes)
         pool_removed = []

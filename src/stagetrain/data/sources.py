@@ -1,6 +1,6 @@
 """download@<dataset>: bring a dataset's raw files into ``data/raw/<dataset>``, replaced on every run.
 
-Three kinds, one contract with organize: ``data/raw/<dataset>/`` holds the dataset's own files,
+Four kinds, one contract with organize: ``data/raw/<dataset>/`` holds the dataset's own files,
 unchanged, plus ``source.json`` = ``{"kind": ..., "format": ...}`` naming the layout organize
 should read (``yolo``, ``roboflow``, ``coco``, ``voc`` or ``auto``). It never holds a secret or an
 absolute path (queued experiments restore outputs into other folders).
@@ -9,6 +9,8 @@ absolute path (queued experiments restore outputs into other folders).
   ``<split>/`` folders and an unlabelled ``pool/`` of images when params give per-split counts.
 * ``roboflow``: a dataset version exported through the Roboflow SDK, unzipped as exported
   (YOLO exports: ``train/ valid/ test/`` with ``images/ labels/``, and ``data.yaml``).
+* ``annotations``: an annotation package (select@<round>) with its returned labels, or ``oracle``
+  (:mod:`stagetrain.data.annotation`): ``images/train/`` + COCO JSON or YOLO labels.
 * ``local``: a folder (hard-linked, never re-encoded) or an archive (extracted safely, see
   :mod:`stagetrain.data.archive`; a single top-level folder is unwrapped).
 
@@ -23,8 +25,9 @@ import os
 import shutil
 from pathlib import Path
 
+from stagetrain import progress
 from stagetrain.config import Config, DatasetSpec
-from stagetrain.data import archive, synthetic
+from stagetrain.data import annotation, archive, synthetic
 from stagetrain.errors import UserError
 
 SOURCE_FILE = "source.json"
@@ -61,9 +64,12 @@ def run(cfg: Config, dataset: str, out_dir: Path) -> dict:
             summary = {"kind": "synthetic", "format": "yolo"}
             counts = opts["images"] if "images" in opts else {s: opts.get(s, 0) for s in synthetic.SPLIT_OFFSETS}
             world = synthetic.World.of(opts)
-            summary.update(synthetic.generate(staged, cfg.seed, opts["domain"], counts, opts["size"], cfg.classes, world))
+            render = f"download@{dataset}: render"  # the progress line's name
+            summary.update(synthetic.generate(staged, cfg.seed, opts["domain"], counts, opts["size"], cfg.classes, world, render))
         elif spec.kind == "roboflow":
             summary = _roboflow(spec, scratch, staged, cfg.source)
+        elif spec.kind == "annotations":
+            summary = annotation.import_package(cfg, spec, staged)
         else:
             summary = _local(spec, scratch, staged, cfg.source)
         _write_source(staged, summary)
@@ -159,12 +165,11 @@ def _export_link(api_key: str, workspace: str, project: str, version: int, expor
 
 def _fetch(link: str, dest: Path, max_bytes: int, cap_key: str) -> None:
     import requests
-    from tqdm import tqdm
 
     with requests.get(link, stream=True, timeout=60) as response:
         response.raise_for_status()
         total = int(response.headers.get("content-length") or 0) or None
-        with dest.open("wb") as out, tqdm(total=total, unit="B", unit_scale=True, desc="roboflow export", disable=None) as bar:
+        with dest.open("wb") as out, progress.phase("download: roboflow export", total, unit="B") as bar:
             for chunk in response.iter_content(archive.CHUNK):
                 out.write(chunk)
                 bar.update(len(chunk))

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from stagetrain import progress
 from stagetrain.data import scene
 from stagetrain.data.scene import CONE_STYLES, DISTRACTOR_SIZES, DOMAINS
 
@@ -210,7 +211,14 @@ def _write(image_path: Path, label_path: Path | None, image: Image.Image, boxes:
 
 
 def generate(
-    out_dir: Path, seed: int, domain: str, images: int | Mapping[str, int], size: int, classes: tuple[str, ...], world: World | None = None
+    out_dir: Path,
+    seed: int,
+    domain: str,
+    images: int | Mapping[str, int],
+    size: int,
+    classes: tuple[str, ...],
+    world: World | None = None,
+    desc: str | None = None,
 ) -> dict:
     """Write a YOLO dataset and a ``data.yaml`` naming the classes.
 
@@ -218,12 +226,14 @@ def generate(
         images: an int: ``images/<domain>_NNNNN.jpg`` + ``labels/...txt``, no split (organize splits it by ratio);
             or ``{train, val, test, pool}`` counts: ``images/<split>/`` + ``labels/<split>/`` (a split organize keeps)
             and ``pool/<domain>_pool_NNNNN.jpg``, images with no labels anywhere.
+        desc: the progress line's name (default ``synthetic <domain>: render``).
 
     Returns:
         ``{"images": labelled images, "boxes": per class, ...}`` plus ``splits`` and ``pool`` counts for the split form.
     """
     splits = {"": images} if isinstance(images, int) else {s: int(images.get(s, 0)) for s in SPLIT_OFFSETS}
     boxes_per_class = [0] * len(classes)
+    rendering = progress.Phase(desc or f"synthetic {domain}: render", sum(splits.values()))
     for split, count in splits.items():
         image_dir = out_dir / ("pool" if split == "pool" else Path("images", split))
         label_dir = None if split == "pool" else out_dir / "labels" / split
@@ -233,9 +243,11 @@ def generate(
             image, boxes = render(seed, domain, index_of(split, i) if split else i, size, classes, world)
             stem = f"{domain}_{split}_{i:05d}" if split else f"{domain}_{i:05d}"
             _write(image_dir / f"{stem}.jpg", label_dir / f"{stem}.txt" if label_dir else None, image, boxes)
+            rendering.update()
             if label_dir:
                 for c, *_ in boxes:
                     boxes_per_class[c] += 1
+    rendering.close()
     names = "\n".join(f"  {i}: {name}" for i, name in enumerate(classes))
     (out_dir / "data.yaml").write_text(f"# synthetic {domain} cones, seed {seed}\nnames:\n{names}\n")
     summary = {"images": sum(n for s, n in splits.items() if s != "pool"), "boxes": dict(zip(classes, boxes_per_class))}

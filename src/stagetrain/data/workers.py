@@ -5,11 +5,10 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.pool
 import os
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
-from tqdm import tqdm
+from stagetrain import progress
 
 
 def available_cores() -> int:
@@ -30,7 +29,7 @@ def pool(workers: int) -> Iterator[multiprocessing.pool.Pool | None]:
 
 
 def pmap(workers_pool: multiprocessing.pool.Pool | None, fn: Callable, args: Sequence, desc: str) -> list:
-    """``fn`` over ``args`` in order, on the pool when there is one, with a progress bar on a terminal."""
+    """``fn`` over ``args`` in order, on the pool when there is one: a bar on a terminal, one summary line in a log."""
     chunk = max(1, min(64, len(args) // 32))  # big enough to amortise the IPC, small enough to balance the tail
     results = workers_pool.imap(fn, args, chunksize=chunk) if workers_pool else map(fn, args)
-    return list(tqdm(results, total=len(args), desc=desc, unit="img", disable=None, mininterval=0.5, file=sys.stderr))
+    return list(progress.track(results, desc, total=len(args)))

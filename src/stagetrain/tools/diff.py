@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-TIMING_KEY = re.compile(r"(^|_)seconds$|_ms$|_ms_|^latency")  # any component of a flattened key, or a table header
+# any component of a flattened key (``seconds``, ``onnx_latency_ratio_640``), or a table header
+TIMING_KEY = re.compile(r"(^|_)seconds$|_ms$|_ms_|(^|_)latency")
 SIZE_HEADER = re.compile(r"^(bytes|size|[kmg]i?b)$", re.IGNORECASE)  # a markdown column quoting a file's size
 TEXT_SUFFIXES = {".yaml", ".yml", ".txt", ".tsv", ".csv", ".md"}
 
@@ -58,7 +59,7 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def is_timing(key: str) -> bool:
-    """``seconds``, ``stage3.inference_ms_per_image``, ``onnx.latency_ms.640``, a ``latency ms`` column."""
+    """``seconds``, ``stage3.inference_ms_per_image``, ``onnx.latency_ms.640``, ``onnx_latency_ratio_640``, a ``latency ms`` column."""
     return any(TIMING_KEY.search(part.strip()) for part in key.split("."))
 
 

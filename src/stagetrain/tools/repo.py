@@ -54,6 +54,8 @@ def shrink(params: dict, images: int = 40, size: int = 96, imgsz: int = 64, epoc
                 block.update(train=max(1, images - 2 * held), val=held, test=held)
                 if block.get("pool"):
                     block["pool"] = max(1, images // 10)
+    if flat:  # the flat form has no unlabelled pool: an active-learning round (`select:`) would have nothing to rank
+        params["select"] = {}  # (kept as a key: dvc.yaml iterates over it)
     params["model"]["imgsz"] = imgsz
     params.setdefault("train", {}).update(batch=SHRUNK_BATCH, device="cpu")
     for stage in params["stages"].values():

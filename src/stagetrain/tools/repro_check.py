@@ -73,11 +73,16 @@ def lock_outs(root: Path) -> dict[str, dict[str, str]]:
 
 
 def metric_files(root: Path) -> dict[str, str]:
-    """``{metric file: stage}`` for every metric the pipeline declares."""
+    """``{metric file: stage}`` for every metric the pipeline declares: a metrics folder gives each JSON file in it."""
     from dvc.repo import Repo
 
     with Repo(str(root)) as repo:
-        return {out.def_path: stage.name for stage in repo.index.stages for out in stage.outs if out.metric}
+        declared = {out.def_path: stage.name for stage in repo.index.stages for out in stage.outs if out.metric}
+    files = {}
+    for path, stage in declared.items():
+        inside = sorted((root / path).rglob("*.json")) if (root / path).is_dir() else []
+        files |= {f.relative_to(root).as_posix(): stage for f in inside} if inside else {path: stage}
+    return files
 
 
 def _dir_listing(root: Path, md5: str) -> dict[str, str]:

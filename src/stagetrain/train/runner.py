@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from stagetrain import ultra
+from stagetrain import progress, ultra
 from stagetrain.config import Config
 from stagetrain.data import trainset
 from stagetrain.errors import UserError
@@ -46,26 +46,42 @@ def effective_args(cfg: Config, stage_name: str, data_yaml: Path, freeze: list[i
 
 
 class _LiveLogger:
-    """One dvclive step per completed epoch (losses, val scores, learning rates), and the final best.pt metrics."""
+    """One dvclive step per completed epoch (losses, val scores, learning rates), and the final best.pt metrics.
 
-    def __init__(self, live_dir: Path, resume: bool) -> None:
+    Each epoch also prints one progress line named after the stage (see :func:`epoch_line`).
+    """
+
+    def __init__(self, live_dir: Path, resume: bool, label: str, epochs: int) -> None:
         from dvclive import Live
 
         self.live = Live(dir=str(live_dir), resume=resume, save_dvc_exp=False, dvcyaml=None, report=None)
         self.final_metrics: dict[str, float] = {}
         self.epochs_run = 0
+        self.label, self.epochs = label, epochs
+        self.epoch_started = time.perf_counter()
 
     def epoch_end(self, trainer) -> None:
         self.epochs_run = ultra.epochs_completed(trainer)
         metrics = {ultra.BOX_METRICS.get(k, k): v for k, v in ultra.val_metrics(trainer).items()}
         scores = {name if "/" in name else f"val/{name}": value for name, value in metrics.items() if name not in KD_LOSSES_IN_VAL}
         self.live.step = self.epochs_run - 1  # explicit: a resumed run continues the same curve
-        for name, value in {**ultra.epoch_losses(trainer), **scores, **ultra.learning_rates(trainer)}.items():
+        losses = ultra.epoch_losses(trainer)
+        for name, value in {**losses, **scores, **ultra.learning_rates(trainer)}.items():
             self.live.log_metric(name, float(value))
         self.live.next_step()
+        now = time.perf_counter()
+        progress.say(epoch_line(self.label, self.epochs_run, self.epochs, losses, scores, now - self.epoch_started))
+        self.epoch_started = now
 
     def final(self, trainer) -> None:
         self.final_metrics = {ultra.BOX_METRICS.get(k, k): v for k, v in ultra.val_metrics(trainer).items()}
+
+
+def epoch_line(label: str, epoch: int, epochs: int, losses: dict[str, float], scores: dict[str, float], seconds: float) -> str:
+    """``train@stage2 epoch 3/10 box 1.23 cls 0.98 dfl 1.10 val mAP50-95 0.412 mAP50 0.701 (12.3 s)``."""
+    trained = " ".join(f"{name.removeprefix('train/').removesuffix('_loss')} {float(v):.3f}" for name, v in losses.items())
+    val = " ".join(f"{name} {scores[f'val/{name}']:.3f}" for name in ("mAP50-95", "mAP50") if f"val/{name}" in scores)
+    return f"{label} epoch {epoch}/{epochs} {trained}{' val ' + val if val else ''} ({seconds:.1f} s)"
 
 
 def _portable(args: dict[str, Any], upstream: Path) -> dict[str, Any]:
@@ -94,12 +110,12 @@ def _distillation(cfg: Config, stage_name: str, student: Any, teacher: Path | No
 
 
 def _train(
-    model: Any, state: resume.RunState, trainer_class: type, args: dict[str, Any], resumed_from: int | None
+    model: Any, state: resume.RunState, trainer_class: type, args: dict[str, Any], resumed_from: int | None, label: str
 ) -> tuple[Any, _LiveLogger]:
     """Train (or resume) in ``state``'s run dir with our logger attached; returns the trainer and the logger."""
     if resumed_from is not None:
         model = ultra.YOLO(str(state.last))
-    logger = _LiveLogger(state.live_dir, resume=resumed_from is not None)
+    logger = _LiveLogger(state.live_dir, resumed_from is not None, label, int(args.get("epochs", 100)))
     ultra.on_epochs(model, logger.epoch_end, logger.final)
     run_args = {"project": str(state.run_dir.parent.resolve()), "name": state.run_dir.name, "exist_ok": True, "verbose": False}
     if resumed_from is None:
@@ -156,7 +172,7 @@ def run(
         if resumed_from is None:
             state.start_fresh()
         started = time.perf_counter()
-        trainer, logger = _train(model, state, trainer_class, args, resumed_from)
+        trainer, logger = _train(model, state, trainer_class, args, resumed_from, f"train@{stage_name}")
         seconds = time.perf_counter() - started
         _write_outputs(trainer, _portable({**ultra.trainer_args(trainer), "freeze": freeze}, upstream), out_dir, live_dir, state)
     return {

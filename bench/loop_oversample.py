@@ -1,0 +1,210 @@
+"""Critical-class oversampling: the same fine-tune with and without ``oversample: {<class>: <factor>}``.
+
+Called by ``bench/data_loop.py --only oversample`` (``measure(args) -> list[str]``), or on its own:
+
+    .venv/bin/python bench/loop_oversample.py --run /tmp/run0 [--epochs 10] [--class large_orange_cone] [--factor 3]
+
+From a finished pipeline run (``--run``: models/<start>/best.pt, data/organized/target; read only, the organized
+folder is hard-linked into the work folder since Ultralytics writes label caches beside it):
+
+1. two training lists through trainset (the pipeline's code): stage3's recipe from ``--start`` (default stage2),
+   ``--epochs`` epochs, one plain and one with the class oversampled (default: the class the fewest target train
+   images hold);
+2. both arms train with the same seed and arguments (train/runner.py, as train@<stage>);
+3. both are scored on the target test split; per-class AP50, AP50-95 and recall (IoU 0.5, conf >= 0.25) of the
+   oversampled class, mean AP of the rest, each difference with a paired bootstrap 95% CI over test images.
+
+The helpers here (work folder, arm training, per-class and false-positive statistics) serve bench/loop_mining.py too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from stagetrain import evaluate
+from stagetrain.config import Config, parse
+from stagetrain.data import trainset
+from stagetrain.data.organized import split_images
+from stagetrain.stats import bootstrap
+from stagetrain.stats.ap import average_precision
+from stagetrain.stats.matching import DetectionRecords
+from stagetrain.train import runner
+
+RECALL_CONF = 0.25  # the deployment threshold at which recall is read (Ultralytics' predict default)
+
+
+# --- shared with loop_mining.py -------------------------------------------------------------------
+
+
+def workspace(args, name: str) -> tuple[Path, Path, str]:
+    """(run dir, a fresh work folder with organized/target hard-linked in, start stage)."""
+    run_dir = Path(args.run).resolve()
+    start = getattr(args, "start", None) or "stage2"
+    if not (run_dir / "models" / start / "best.pt").is_file():
+        raise SystemExit(f"{run_dir}/models/{start}/best.pt: not found; pass --run a pipeline checkout that ran train@{start}")
+    work = Path(args.work).resolve() / name if getattr(args, "work", None) else run_dir.parent / f"{run_dir.name}_{name}"
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(run_dir / "data/organized/target", work / "organized/target", copy_function=_link)
+    return run_dir, work, start
+
+
+def arms_params(run_dir: Path, start: str, epochs: int, arms: dict[str, dict]) -> dict:
+    """The run's params with one stage per arm: stage3's recipe from ``start``, plus each arm's own keys."""
+    raw = yaml.safe_load((run_dir / "params.yaml").read_text())
+    recipe = copy.deepcopy(raw["stages"]["stage3"])
+    recipe.update({"from": start, "teacher": start, "dataset": "target", "epochs": epochs, "patience": epochs})
+    for extra in ("replay", "oversample", "hard_negatives", "distill"):
+        recipe.pop(extra, None)
+    raw["stages"].update({arm: {**recipe, **keys} for arm, keys in arms.items()})
+    raw["evaluate"]["datasets"] = ["target"]
+    return raw
+
+
+def train_arm(
+    cfg: Config, arm: str, work: Path, weights: Path, mined_dir: Path | None = None
+) -> tuple[dict, evaluate.ModelEvaluation, float]:
+    """trainset -> train -> test-split evaluation of one arm: (its manifest, its evaluation, seconds)."""
+    started = time.perf_counter()
+    listing = work / "trainsets" / arm
+    manifest = trainset.run(cfg, arm, work / "organized", listing, mined_dir)
+    runner.run(cfg, arm, listing / "data.yaml", weights, work / "models" / arm, work / "live" / arm, work / "runs" / arm)
+    result = evaluate.evaluate_model(cfg, work / "models" / arm / "best.pt", work / "organized/target/data.yaml", work / "eval" / arm)
+    return manifest, result, time.perf_counter() - started
+
+
+def paired_ci(a: DetectionRecords, b: DetectionRecords, stat: Callable, resamples: int, seed: int) -> dict[str, float]:
+    """``stat(records, weights) -> (batch,)`` on both arms, on the same bootstrap draws: b - a, 95% percentile CI."""
+    weights = np.vstack([np.ones(a.n_images), bootstrap.bootstrap_weights(a.n_images, resamples, seed)])
+    va, vb = stat(a, weights), stat(b, weights)
+    diffs = (vb - va)[1:]
+    diffs = diffs[np.isfinite(diffs)]
+    low, high = np.quantile(diffs, [0.025, 0.975]) if diffs.size > 1 else (np.nan, np.nan)
+    return {"a": float(va[0]), "b": float(vb[0]), "diff": float(vb[0] - va[0]), "ci_low": float(low), "ci_high": float(high)}
+
+
+def ci_line(label: str, ci: dict[str, float], digits: int = 4) -> str:
+    f = f"{{:.{digits}f}}"
+    g = f"{{:+.{digits}f}}"
+    return (
+        f"  {label}: {f.format(ci['a'])} -> {f.format(ci['b'])}, diff {g.format(ci['diff'])}, "
+        f"95% CI [{g.format(ci['ci_low'])}, {g.format(ci['ci_high'])}]"
+    )
+
+
+# --- per-class statistics ---------------------------------------------------------------------------
+
+
+def class_ap(class_id: int, iou: str) -> Callable:
+    """AP of one class under image weights: ``iou`` = "50" (IoU 0.5) or "50-95" (mean over the ten thresholds)."""
+
+    def stat(records: DetectionRecords, weights: np.ndarray) -> np.ndarray:
+        ap = average_precision(records, weights)[:, class_id]  # (batch, n_iou)
+        return ap[:, 0] if iou == "50" else ap.mean(axis=1)
+
+    return stat
+
+
+def other_classes_map(class_id: int) -> Callable:
+    """mAP50-95 over the other classes (what oversampling one class may cost the rest)."""
+
+    def stat(records: DetectionRecords, weights: np.ndarray) -> np.ndarray:
+        ap = average_precision(records, weights).mean(axis=2)
+        return np.nanmean(np.delete(ap, class_id, axis=1), axis=1)
+
+    return stat
+
+
+def class_recall(class_id: int, conf: float = RECALL_CONF) -> Callable:
+    """Recall of one class at IoU 0.5 among detections at or above ``conf``, under image weights."""
+
+    def stat(records: DetectionRecords, weights: np.ndarray) -> np.ndarray:
+        keep = (records.class_id == class_id) & (records.score >= conf) & records.tp[:, 0]
+        hits = weights[:, records.image_index[keep]].sum(axis=1)
+        total = weights @ records.n_gt[:, class_id]
+        return np.divide(hits, total, out=np.full(hits.shape, np.nan), where=total > 0)
+
+    return stat
+
+
+# --- oversampling ----------------------------------------------------------------------------------
+
+
+def rarest_class(cfg: Config, organized: Path) -> str:
+    """The class the fewest target train images hold (at least one)."""
+    holding = dict.fromkeys(cfg.classes, 0)
+    for image in split_images(organized / "target/data.yaml", "train"):
+        for class_id in set(trainset.label_classes(image)):
+            holding[cfg.classes[class_id]] += 1
+    return min((n, name) for name, n in holding.items() if n)[1]
+
+
+def measure(args) -> list[str]:
+    run_dir, work, start = workspace(args, "oversample")
+    epochs, resamples = getattr(args, "epochs", 10), getattr(args, "resamples", 1000)
+    probe = parse(yaml.safe_load((run_dir / "params.yaml").read_text()))
+    cls = getattr(args, "oversample_class", None) or rarest_class(probe, work / "organized")
+    factor = getattr(args, "factor", None) or 3.0
+    cfg = parse(arms_params(run_dir, start, epochs, {"os_off": {}, "os_on": {"oversample": {cls: factor}}}))
+    weights, class_id = run_dir / "models" / start / "best.pt", cfg.classes.index(cls)
+    lines, results = [], {}
+    for arm in ("os_off", "os_on"):
+        manifest, result, seconds = train_arm(cfg, arm, work, weights)
+        results[arm] = result
+        lines.append(
+            f"  {arm}: {manifest['train_images']} list entries (+{manifest['oversampled_images']} oversampled), "
+            f"test mAP50-95 {result.metrics['mAP50-95']:.4f}, {cls} AP50-95 {result.metrics['per_class'][cls]['AP50-95']:.4f} ({seconds:.0f} s)"
+        )
+        if manifest["oversample"]:
+            section = manifest["oversample"]
+            lines.append(
+                f"    {section['images_holding'][cls]} images hold {cls}; its boxes {section['before']['boxes'][cls]} -> "
+                f"{section['after']['boxes'][cls]}, all boxes {sum(section['before']['boxes'].values())} -> {sum(section['after']['boxes'].values())}"
+            )
+    a, b = results["os_off"].records, results["os_on"].records
+    lines.insert(0, f"oversample {{{cls}: {factor}}} vs none: stage3's recipe from {start}, {epochs} epochs each, seed {cfg.seed}")
+    for label, stat in (
+        (f"{cls} AP50", class_ap(class_id, "50")),
+        (f"{cls} AP50-95", class_ap(class_id, "50-95")),
+        (f"{cls} recall (IoU 0.5, conf >= {RECALL_CONF})", class_recall(class_id)),
+        ("other classes mAP50-95", other_classes_map(class_id)),
+    ):
+        lines.append(ci_line(label, paired_ci(a, b, stat, resamples, cfg.seed)))
+    lines.append(f"  ({a.n_images} test images, {resamples} paired bootstrap resamples; work folder {work})")
+    return lines
+
+
+def _link(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True, help="a pipeline checkout that ran train@<start> (models/, data/organized/)")
+    p.add_argument("--start", default="stage2", help="the checkpoint both arms fine-tune")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--class", dest="oversample_class", help="the class to oversample (default: the rarest in target train)")
+    p.add_argument("--factor", type=float, default=3.0)
+    p.add_argument("--resamples", type=int, default=1000)
+    p.add_argument("--work", help="scratch folder (default: <run>_oversample beside the run)")
+    for line in measure(p.parse_args()):
+        print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
