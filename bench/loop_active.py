@@ -27,6 +27,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "bench"))
+
+from loop_oversample import link_or_copy
 
 from stagetrain import evaluate, select
 from stagetrain.config import parse
@@ -80,7 +83,7 @@ def measure(args) -> list[str]:
     reuse = getattr(args, "reuse", False) and (args.work / "organized/target").is_dir()
     if not reuse:  # --reuse: keep the packages, imports and trained arms an earlier run left in --work
         shutil.rmtree(args.work, ignore_errors=True)
-        shutil.copytree(run_dir / "data/organized/target", args.work / "organized/target", copy_function=_link)
+        shutil.copytree(run_dir / "data/organized/target", args.work / "organized/target", copy_function=link_or_copy)
     organized = args.work / "organized"
     raw_params, recipe = _params(args, start)
     cfg = parse(raw_params)
@@ -122,12 +125,3 @@ def measure(args) -> list[str]:
         f"{time.perf_counter() - started:.0f} s in all"
     )
     return lines
-
-
-def _link(src: str, dst: str) -> None:
-    import os
-
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)

@@ -57,7 +57,7 @@ def workspace(args, name: str) -> tuple[Path, Path, str]:
         raise SystemExit(f"{run_dir}/models/{start}/best.pt: not found; pass --run a pipeline checkout that ran train@{start}")
     work = Path(args.work).resolve() / name if getattr(args, "work", None) else run_dir.parent / f"{run_dir.name}_{name}"
     shutil.rmtree(work, ignore_errors=True)
-    shutil.copytree(run_dir / "data/organized/target", work / "organized/target", copy_function=_link)
+    shutil.copytree(run_dir / "data/organized/target", work / "organized/target", copy_function=link_or_copy)
     return run_dir, work, start
 
 
@@ -186,7 +186,8 @@ def measure(args) -> list[str]:
     return lines
 
 
-def _link(src: str, dst: str) -> None:
+def link_or_copy(src: str, dst: str) -> None:
+    """A hard link where the file system allows one (no image bytes copied), else a copy."""
     try:
         os.link(src, dst)
     except OSError:
