@@ -109,6 +109,17 @@ def test_fallbacks_and_recall_targets_are_listed():
     assert chosen["orange_cone"]["rule"] == "pooled f1" and any(line.startswith("orange_cone:") for line in notes)
 
 
+def test_val_cross_validation_ranks_a_fit_above_none_on_a_misscaled_set():
+    """The method comparison that uses val only: on overconfident detections every fit beats the identity."""
+    cfg = parse(shrink(repo_params()))
+    conf, correct, _ = misscaled(2000, seed=3)
+    val = calibrate.Matched(np.zeros(conf.size, int), conf, correct, np.array([int(correct.sum()), 0, 0, 0, 0]))
+    cv = calibrate.val_cross_validated_ece(cfg, val)
+    assert set(cv) == set(calibrate.CV_METHODS)
+    assert cv["none"] > 0.08 and all(cv[m] < cv["none"] / 2 for m in METHODS), cv
+    assert cv == calibrate.val_cross_validated_ece(cfg, val)  # seeded split
+
+
 def test_config_validates_the_calibrate_section():
     params = shrink(repo_params())
     assert parse(params).calibrate.method == "platt"
