@@ -49,7 +49,7 @@ def workspace(tmp_path_factory) -> Path:
 def eval_params(**evaluate_keys) -> dict:
     """Test params scoring `baseline` on `target` alone (the forgetting matrix's own tests widen `datasets`)."""
     params = shrink(repo_params())
-    params["evaluate"].update({"models": [MODEL], "datasets": ["target"], **evaluate_keys})
+    params["evaluate"].update({"models": [MODEL], "datasets": ["target"], "ensembles": {}, **evaluate_keys})  # no stage3 here
     return params
 
 

@@ -86,7 +86,7 @@ def test_every_output_exists_and_parses(repo):
     assert set(evaluation["stage3"]["per_class"]) == set(cfg_classes)
     assert "## Verdict" in (repo / "metrics/report.md").read_text()
     export = json.loads((repo / "metrics/export.json").read_text())
-    assert export["onnx_matched"] >= 0.99 and export["openvino_matched"] >= 0.99  # the parity gate passed
+    assert export["onnx_matched"] >= 0.99  # the parity gate passed (shrink exports onnx only: tests/test_export.py runs openvino)
     assert (repo / "models/export/model.onnx").exists() and (repo / "models/export/predict.py").exists()
     deploy = yaml.safe_load((repo / "models/export/deploy.yaml").read_text())
     assert deploy["classes"] == cfg_classes and deploy["calibration"]["model"] == "stage3"  # calibrate@ fed the package
