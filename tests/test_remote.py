@@ -18,7 +18,7 @@ from werkzeug.serving import make_server
 from stagetrain.tools import repo as repro
 
 pytestmark = pytest.mark.slow
-OUTPUT_DIRS = ("data/raw", "data/organized", "data/trainsets", "models", "metrics")
+OUTPUT_DIRS = ("data/raw", "data/organized", "data/mined", "data/trainsets", "data/annotation", "models", "metrics", "plots/data")
 KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 
 
@@ -114,7 +114,7 @@ def manifest(root: Path) -> dict[str, str]:
         str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
         for top in OUTPUT_DIRS
         for path in sorted((root / top).rglob("*"))
-        if path.is_file() and path.suffix != ".cache"
+        if path.is_file() and path.suffix != ".cache" and path.name != ".gitignore"  # DVC's git entries, not outputs
     }
 
 

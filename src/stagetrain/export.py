@@ -34,7 +34,7 @@ from stagetrain.ultra import CPU_THREADS, YOLO
 PARITY_IMAGES = 16  # test images both models detect on (and whose raw outputs are compared element by element)
 LATENCY_RUNS = 10  # timed calls per model and size (after one warm-up), batch 1; bench/export.py takes more
 REFERENCE_IMGSZ = 640  # the size deployment figures are quoted at, measured besides the trained one
-NO_CUDA = "no CUDA device: TensorRT engines are built on the GPU they run on"
+NO_CUDA = "no CUDA device"  # TensorRT engines are built on the GPU they run on; short: it is a `dvc metrics show` cell
 CPU_FORMATS = ("onnx", "openvino")  # formats the package's predict.py runs
 SHIPPED = {"onnx": "model.onnx", "openvino": "model_openvino_model/model.xml", "engine": "model.engine"}  # in the package
 
