@@ -17,7 +17,7 @@ def work(cfg, args):
     (args.detail / "reliability.json").write_text(json.dumps(result["reliability"]) + "\n")
     m = result["metrics"]
     print(
-        f"calibrate ({cfg.calibrate.method}): test ECE {m['ece_before']:.4f} -> {m['ece_after']:.4f} over {m['detections']} detections; "
+        f"calibrate ({result['calibration']['method']}): test ECE {m['ece_before']:.4f} -> {m['ece_after']:.4f} over {m['detections']} detections; "
         f"at the val-chosen thresholds test precision {m['precision']:.3f}, recall {m['recall']:.3f}"
     )
     for line in result["calibration"]["fallbacks"]:

@@ -120,9 +120,26 @@ def test_val_cross_validation_ranks_a_fit_above_none_on_a_misscaled_set():
     assert cv == calibrate.val_cross_validated_ece(cfg, val)  # seeded split
 
 
+def test_auto_fits_the_method_val_cross_validation_ranks_first():
+    """`method: auto` reports and ships the method with the lowest val CV ECE; the test split plays no part."""
+    params = shrink(repo_params())
+    params["calibrate"] = {"method": "auto", "min_detections": 30}
+    cfg = parse(params)
+    val, test = matched_set(seed=0), matched_set(seed=1)
+    result = calibrate.fit_and_report(cfg, "stage3", val, test)
+    cv = result["detail"]["val_cv_ece"]
+    best = min(cv, key=cv.get)
+    assert result["calibration"]["method"] == result["detail"]["method"] == best != "none"
+    assert result["detail"]["method_asked"] == "auto"
+    params["calibrate"]["method"] = best
+    assert calibrate.fit_and_report(parse(params), "stage3", val, test)["calibration"]["classes"] == result["calibration"]["classes"]
+    other_test = calibrate.fit_and_report(cfg, "stage3", val, matched_set(seed=2))
+    assert other_test["calibration"]["method"] == best  # another test split: the same choice
+
+
 def test_config_validates_the_calibrate_section():
     params = shrink(repo_params())
-    assert parse(params).calibrate.method == "platt"
+    assert parse(params).calibrate.method == "auto"
     for block, message in (
         ({"method": "beta"}, r"`calibrate.method` is 'beta'"),
         ({"bins": 1}, r"`calibrate.bins` is 1"),

@@ -25,7 +25,7 @@ DISTILL_KINDS = ("logit", "feature")
 FREEZE_LEVELS = {0: "nothing frozen", 1: "backbone frozen", 2: "everything but the Detect head frozen"}
 LOSS_TERMS = ("box", "cls", "dfl")  # Ultralytics' detection loss gains, set per stage by `loss_weights`
 TOP_LEVEL_KEYS = ("seed", "classes", "datasets", "organize", "model", "train", "stages", "evaluate", "export", "select", "calibrate")
-CALIBRATION_METHODS = ("isotonic", "platt", "temperature", "none")  # calibrate.method (calibrate.py)
+CALIBRATION_METHODS = ("auto", "isotonic", "platt", "temperature", "none")  # calibrate.method (calibrate.py); auto: lowest val CV ECE
 THRESHOLD_F1 = "f1"  # calibrate.thresholds: every class at its F1-optimal val threshold
 WBF_CONF_TYPES = ("avg", "max", "box_and_model_avg", "absent_model_aware_avg")  # ensemble_boxes' weighted_boxes_fusion conf_type
 
@@ -97,7 +97,7 @@ class EnsembleSpec:
 class CalibrateSpec:
     """``calibrate:``: confidence calibration and per-class thresholds of the shipped model (calibrate.py)."""
 
-    method: str = "platt"  # CALIBRATION_METHODS, fitted per class on val detections matched at IoU 0.5
+    method: str = "auto"  # CALIBRATION_METHODS (auto: lowest val CV ECE), fitted per class on val detections matched at IoU 0.5
     recall_targets: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))  # class -> val recall target; others F1
     bins: int = 10  # equal-width confidence bins of the detection ECE and the reliability diagram
     min_detections: int = 30  # a class with fewer val detections (at or above `floor`) takes the pooled fit
