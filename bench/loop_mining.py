@@ -2,18 +2,22 @@
 
 Called by ``bench/data_loop.py --only mining`` (``measure(args) -> list[str]``), or on its own:
 
-    .venv/bin/python bench/loop_mining.py --run /tmp/run0 [--epochs 10] [--conf 0.4] [--copies 1] [--recall 0.5]
+    .venv/bin/python bench/loop_mining.py --run /tmp/run0 [--epochs 10] [--conf 0.4] [--copies 1] [--recall 0.5,0.7]
 
 From a finished pipeline run (``--run``; read only, see bench/loop_oversample.py):
 
-1. mine@ (stagetrain.mine, as the stage) runs ``--start``'s checkpoint (default stage2) over the target train
+1. mine@ (stagetrain.mine, as the stage) runs ``--start``'s checkpoint (default stage3, else stage2) over the target train
    split: the false positives it makes at ``--conf`` (the synthetic world's distractors: barrels, signs, people,
    tape in cone colours, unlabelled);
-2. two arms fine-tune that checkpoint with stage3's recipe, ``--epochs`` epochs, same seed: one on the plain
-   list, one with the mined images added ``--copies`` times (trainset, as the pipeline);
+2. three arms fine-tune that checkpoint with stage3's recipe, ``--epochs`` epochs, same seed (trainset, as the
+   pipeline): ``hn_off`` the plain list; ``hn_on`` with the mined images added ``--copies`` times; ``hn_steps``,
+   the equal-steps control: the plain list with as many extra entries spread evenly over all labelled images
+   (one common oversample factor), so it trains the same number of steps as ``hn_on`` without favouring the mined
+   images; ``--seeds K`` repeats every arm with K seeds (see bench/loop_oversample.py);
 3. on the target test split: false positives per image and precision at the score threshold where each
-   model reaches ``--recall`` (IoU 0.5, all classes; each model its own threshold, recomputed on every
+   model reaches each ``--recall`` (IoU 0.5, all classes; each model its own threshold, recomputed on every
    resample), and mAP50-95; each difference with a paired bootstrap 95% CI over test images.
+   ``hn_on - hn_steps`` is what the choice of the mined images does; ``hn_steps - hn_off`` the extra steps alone.
 """
 
 from __future__ import annotations
@@ -28,16 +32,18 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from loop_oversample import REPO, arms_params, ci_line, paired_ci, train_arm, workspace
+from loop_oversample import REPO, arms_params, compare, equal_steps, map50_95, seeds, train_arm, workspace
 
 sys.path.insert(0, str(REPO / "src"))
 
 from stagetrain import mine
 from stagetrain.config import parse
-from stagetrain.stats import bootstrap
+from stagetrain.data import trainset
 from stagetrain.stats.matching import DetectionRecords
 
 CHUNK = 50  # resamples per vectorised block (blocks of resamples x detections floats)
+ARMS = ("hn_off", "hn_on", "hn_steps")  # plain, mined images added, equal-steps control
+RECALLS = "0.5,0.7"  # the fixed recalls at which false positives are counted (a model reaching neither gives NaN)
 
 
 def at_recall(recall: float, what: str) -> Callable:
@@ -68,47 +74,55 @@ def at_recall(recall: float, what: str) -> Callable:
 def measure(args) -> list[str]:
     run_dir, work, start = workspace(args, "mining")
     epochs, resamples = getattr(args, "epochs", 10), getattr(args, "resamples", 1000)
-    conf, copies, recall = getattr(args, "conf", None) or 0.4, getattr(args, "copies", None) or 1, getattr(args, "recall", None) or 0.5
-    cfg = parse(arms_params(run_dir, start, epochs, {"hn_off": {}, "hn_on": {"hard_negatives": {"conf": conf, "copies": copies}}}))
+    conf, copies = getattr(args, "conf", None) or 0.4, getattr(args, "copies", None) or 1
+    recalls = [float(r) for r in str(getattr(args, "recall", None) or RECALLS).split(",")]
+    treated = {"hard_negatives": {"conf": conf, "copies": copies}}
     weights = run_dir / "models" / start / "best.pt"
+    probe = parse(arms_params(run_dir, start, epochs, {"hn_on": treated}))
     t0 = time.perf_counter()
-    mined = mine.run(cfg, "hn_on", weights, work / "organized", work / "mined/hn_on")
+    mined = mine.run(probe, "hn_on", weights, work / "organized", work / "mined/hn_on")  # seed-free: reused by every seed
     lines = [
-        f"hard negatives (conf {conf}, copies {copies}) vs none: stage3's recipe from {start}, {epochs} epochs each, seed {cfg.seed}",
+        f"hard negatives (conf {conf}, copies {copies}): stage3's recipe from {start}, {epochs} epochs per arm, seeds {seeds(args, probe)}",
         (
             f"  mine@: {mined['false_positives']} false positives {mined['by_kind']} in {mined['images_with_false_positives']} of "
             f"{mined['scanned_images']['target']} target train images ({time.perf_counter() - t0:.0f} s)"
         ),
     ]
-    results = {}
-    for arm in ("hn_off", "hn_on"):
-        manifest, result, seconds = train_arm(cfg, arm, work, weights, work / "mined" / arm if arm == "hn_on" else None)
-        results[arm] = result
-        lines.append(
-            f"  {arm}: {manifest['train_images']} list entries (+{manifest['mined_images']} mined), "
-            f"test mAP50-95 {result.metrics['mAP50-95']:.4f} ({seconds:.0f} s)"
-        )
-    a, b = results["hn_off"].records, results["hn_on"].records
-    for label, stat in (
-        (f"false positives per image at recall {recall}", at_recall(recall, "fp")),
-        (f"precision at recall {recall}", at_recall(recall, "precision")),
-    ):
-        lines.append(ci_line(label, paired_ci(a, b, stat, resamples, cfg.seed)))
-    paired = bootstrap.paired_bootstrap(a, b, resamples, cfg.seed)["map50_95"]
-    lines.append(ci_line("mAP50-95", paired))
-    lines.append(f"  ({a.n_images} test images, {resamples} paired bootstrap resamples; work folder {work})")
+    records: dict[str, list[DetectionRecords]] = {arm: [] for arm in ARMS}
+    for seed in seeds(args, probe):
+        cfg = parse(arms_params(run_dir, start, epochs, {"hn_on": treated}, seed))
+        control = {"oversample": equal_steps(cfg, "hn_on", work / "organized", trainset.read_mined(cfg, "hn_on", work / "mined/hn_on"))}
+        cfg = parse(arms_params(run_dir, start, epochs, {"hn_off": {}, "hn_on": treated, "hn_steps": control}, seed))
+        for arm in ARMS:
+            manifest, result, seconds = train_arm(cfg, arm, work, weights, work / "mined/hn_on" if arm == "hn_on" else None)
+            records[arm].append(result.records)
+            lines.append(
+                f"  seed {seed} {arm}: {manifest['train_images']} list entries (+{manifest['mined_images']} mined, "
+                f"+{manifest['oversampled_images']} spread evenly), test mAP50-95 {result.metrics['mAP50-95']:.4f} ({seconds:.0f} s)"
+            )
+    stats = [(f"false positives per image at recall {r}", at_recall(r, "fp")) for r in recalls]
+    stats += [(f"precision at recall {r}", at_recall(r, "precision")) for r in recalls]
+    stats.append(("mAP50-95", map50_95))
+    pairs = [
+        ("the mined images at equal steps", "hn_steps", "hn_on"),
+        ("extra steps alone", "hn_off", "hn_steps"),
+        ("mining as a user turns it on", "hn_off", "hn_on"),
+    ]
+    compare(lines, records, pairs, stats, resamples, probe.seed)
+    lines.append(f"  ({records['hn_off'][0].n_images} test images, {resamples} paired bootstrap resamples; work folder {work})")
     return lines
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="a pipeline checkout that ran train@<start> (models/, data/organized/)")
-    p.add_argument("--start", default="stage2", help="the checkpoint that mines and that both arms fine-tune")
+    p.add_argument("--start", help="the checkpoint that mines and that the arms fine-tune (default: stage3, else stage2)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--conf", type=float, default=0.4, help="hard_negatives.conf")
     p.add_argument("--copies", type=int, default=1, help="hard_negatives.copies")
-    p.add_argument("--recall", type=float, default=0.5, help="the fixed recall at which false positives are counted")
+    p.add_argument("--recall", default=RECALLS, help="the fixed recalls (comma-separated) at which false positives are counted")
     p.add_argument("--resamples", type=int, default=1000)
+    p.add_argument("--seeds", type=int, default=1, help="train every arm with this many seeds (seed, seed+1, ...)")
     p.add_argument("--work", help="scratch folder (default: <run>_mining beside the run)")
     for line in measure(p.parse_args()):
         print(line, flush=True)

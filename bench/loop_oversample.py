@@ -7,12 +7,17 @@ Called by ``bench/data_loop.py --only oversample`` (``measure(args) -> list[str]
 From a finished pipeline run (``--run``: models/<start>/best.pt, data/organized/target; read only, the organized
 folder is hard-linked into the work folder since Ultralytics writes label caches beside it):
 
-1. two training lists through trainset (the pipeline's code): stage3's recipe from ``--start`` (default stage2),
-   ``--epochs`` epochs, one plain and one with the class oversampled (default: the class the fewest target train
-   images hold);
-2. both arms train with the same seed and arguments (train/runner.py, as train@<stage>);
-3. both are scored on the target test split; per-class AP50, AP50-95 and recall (IoU 0.5, conf >= 0.25) of the
-   oversampled class, mean AP of the rest, each difference with a paired bootstrap 95% CI over test images.
+1. three training lists through trainset (the pipeline's code): stage3's recipe from ``--start`` (default stage3, else stage2),
+   ``--epochs`` epochs: ``os_off`` the plain list; ``os_on`` with the class oversampled (default: the class the
+   fewest target train images hold); ``os_steps``, the equal-steps control: the plain list with every labelled
+   image oversampled by one common factor so that it is exactly as long as ``os_on``'s (same steps an epoch, same
+   class balance as ``os_off``);
+2. the arms train with the same seed and arguments (train/runner.py, as train@<stage>); ``--seeds K`` repeats
+   every arm with seeds seed .. seed+K-1 (training noise: each line then gives every seed's difference);
+3. each is scored on the target test split; per-class AP50, AP50-95 and recall (IoU 0.5, conf >= 0.25) of the
+   oversampled class, mean AP of the rest, each difference with a paired bootstrap 95% CI over test images
+   (with several seeds, of the difference averaged over seeds, on the same resamples). ``os_on - os_steps`` is the
+   class balance at equal steps; ``os_steps - os_off`` what the extra steps alone do.
 
 The helpers here (work folder, arm training, per-class and false-positive statistics) serve bench/loop_mining.py too.
 """
@@ -44,6 +49,7 @@ from stagetrain.stats.matching import DetectionRecords
 from stagetrain.train import runner
 
 RECALL_CONF = 0.25  # the deployment threshold at which recall is read (Ultralytics' predict default)
+ARMS = ("os_off", "os_on", "os_steps")  # plain, oversampled, equal-steps control
 
 
 # --- shared with loop_mining.py -------------------------------------------------------------------
@@ -52,7 +58,7 @@ RECALL_CONF = 0.25  # the deployment threshold at which recall is read (Ultralyt
 def workspace(args, name: str) -> tuple[Path, Path, str]:
     """(run dir, a fresh work folder with organized/target hard-linked in, start stage)."""
     run_dir = Path(args.run).resolve()
-    start = getattr(args, "start", None) or "stage2"
+    start = getattr(args, "start", None) or ("stage3" if (run_dir / "models/stage3/best.pt").is_file() else "stage2")
     if not (run_dir / "models" / start / "best.pt").is_file():
         raise SystemExit(f"{run_dir}/models/{start}/best.pt: not found; pass --run a pipeline checkout that ran train@{start}")
     work = Path(args.work).resolve() / name if getattr(args, "work", None) else run_dir.parent / f"{run_dir.name}_{name}"
@@ -61,9 +67,11 @@ def workspace(args, name: str) -> tuple[Path, Path, str]:
     return run_dir, work, start
 
 
-def arms_params(run_dir: Path, start: str, epochs: int, arms: dict[str, dict]) -> dict:
+def arms_params(run_dir: Path, start: str, epochs: int, arms: dict[str, dict], seed: int | None = None) -> dict:
     """The run's params with one stage per arm: stage3's recipe from ``start``, plus each arm's own keys."""
     raw = yaml.safe_load((run_dir / "params.yaml").read_text())
+    if seed is not None:
+        raw["seed"] = seed
     recipe = copy.deepcopy(raw["stages"]["stage3"])
     recipe.update({"from": start, "teacher": start, "dataset": "target", "epochs": epochs, "patience": epochs})
     for extra in ("replay", "oversample", "hard_negatives", "distill"):
@@ -78,30 +86,83 @@ def train_arm(
 ) -> tuple[dict, evaluate.ModelEvaluation, float]:
     """trainset -> train -> test-split evaluation of one arm: (its manifest, its evaluation, seconds)."""
     started = time.perf_counter()
-    listing = work / "trainsets" / arm
+    folder = f"{arm}/seed{cfg.seed}"
+    listing = work / "trainsets" / folder
     manifest = trainset.run(cfg, arm, work / "organized", listing, mined_dir)
-    runner.run(cfg, arm, listing / "data.yaml", weights, work / "models" / arm, work / "live" / arm, work / "runs" / arm)
-    result = evaluate.evaluate_model(cfg, work / "models" / arm / "best.pt", work / "organized/target/data.yaml", work / "eval" / arm)
+    runner.run(cfg, arm, listing / "data.yaml", weights, work / "models" / folder, work / "live" / folder, work / "runs" / folder)
+    result = evaluate.evaluate_model(cfg, work / "models" / folder / "best.pt", work / "organized/target/data.yaml", work / "eval" / folder)
     return manifest, result, time.perf_counter() - started
 
 
-def paired_ci(a: DetectionRecords, b: DetectionRecords, stat: Callable, resamples: int, seed: int) -> dict[str, float]:
-    """``stat(records, weights) -> (batch,)`` on both arms, on the same bootstrap draws: b - a, 95% percentile CI."""
-    weights = np.vstack([np.ones(a.n_images), bootstrap.bootstrap_weights(a.n_images, resamples, seed)])
-    va, vb = stat(a, weights), stat(b, weights)
+def seeds(args, cfg: Config) -> list[int]:
+    """``--seeds K``: the params' seed and the K - 1 after it."""
+    return [cfg.seed + i for i in range(max(1, getattr(args, "seeds", None) or 1))]
+
+
+def equal_steps(cfg: Config, treated: str, organized: Path, mined: dict | None = None) -> dict[str, float]:
+    """The equal-steps control of arm ``treated``: an ``oversample`` map (one factor for every class) under which the
+    plain list (its own and replayed images) is exactly as long as ``treated``'s list, with its class balance unchanged.
+    """
+    entries = trainset.build(cfg, treated, organized, mined)
+    plain = [e for e in entries if e.reason in (trainset.OWN, trainset.REPLAY)]
+    labelled = sum(1 for e in plain if trainset.label_classes(e.image))
+    extra = len(entries) - len(plain)
+    if not labelled or extra > 19 * labelled:
+        raise SystemExit(f"{treated}: {extra} extra entries over {labelled} labelled images; no oversample factor <= 20 matches")
+    return dict.fromkeys(cfg.classes, 1 + extra / labelled)
+
+
+def paired_ci(
+    a: DetectionRecords | list[DetectionRecords], b: DetectionRecords | list[DetectionRecords], stat: Callable, resamples: int, seed: int
+) -> dict:
+    """``stat(records, weights) -> (batch,)`` on both arms, on the same bootstrap draws: b - a, 95% percentile CI.
+
+    Lists pair one evaluation per training seed (the same test images): the difference is averaged over seeds on each
+    draw, and ``per_seed`` holds each seed's observed difference.
+    """
+    a_runs, b_runs = (a if isinstance(a, list) else [a]), (b if isinstance(b, list) else [b])
+    n_images = a_runs[0].n_images
+    weights = np.vstack([np.ones(n_images), bootstrap.bootstrap_weights(n_images, resamples, seed)])
+    va = np.mean([stat(run, weights) for run in a_runs], axis=0)
+    vb = np.mean([stat(run, weights) for run in b_runs], axis=0)
+    per_seed = [float(stat(y, weights[:1])[0] - stat(x, weights[:1])[0]) for x, y in zip(a_runs, b_runs, strict=True)]
     diffs = (vb - va)[1:]
     diffs = diffs[np.isfinite(diffs)]
     low, high = np.quantile(diffs, [0.025, 0.975]) if diffs.size > 1 else (np.nan, np.nan)
-    return {"a": float(va[0]), "b": float(vb[0]), "diff": float(vb[0] - va[0]), "ci_low": float(low), "ci_high": float(high)}
+    return {
+        "a": float(va[0]),
+        "b": float(vb[0]),
+        "diff": float(vb[0] - va[0]),
+        "ci_low": float(low),
+        "ci_high": float(high),
+        "per_seed": per_seed,
+    }
 
 
-def ci_line(label: str, ci: dict[str, float], digits: int = 4) -> str:
+def ci_line(label: str, ci: dict, digits: int = 4) -> str:
     f = f"{{:.{digits}f}}"
     g = f"{{:+.{digits}f}}"
-    return (
+    line = (
         f"  {label}: {f.format(ci['a'])} -> {f.format(ci['b'])}, diff {g.format(ci['diff'])}, "
         f"95% CI [{g.format(ci['ci_low'])}, {g.format(ci['ci_high'])}]"
     )
+    if len(ci.get("per_seed", [])) > 1:
+        line += "; per seed " + ", ".join(g.format(d) for d in ci["per_seed"])
+    return line
+
+
+def map50_95(records: DetectionRecords, weights: np.ndarray) -> np.ndarray:
+    """mAP50-95 over the classes with ground truth, under image weights."""
+    return np.nanmean(average_precision(records, weights).mean(axis=2), axis=1)
+
+
+def compare(
+    lines: list[str], records: dict[str, list[DetectionRecords]], pairs: list[tuple[str, str, str]], stats, resamples: int, seed: int
+) -> None:
+    """For each ``(title, a, b)``: a heading, then one CI line per ``(label, stat)`` of arm b against arm a."""
+    for title, a, b in pairs:
+        lines.append(f" {title} ({b} - {a}):")
+        lines += [ci_line(label, paired_ci(records[a], records[b], stat, resamples, seed)) for label, stat in stats]
 
 
 # --- per-class statistics ---------------------------------------------------------------------------
@@ -157,32 +218,45 @@ def measure(args) -> list[str]:
     probe = parse(yaml.safe_load((run_dir / "params.yaml").read_text()))
     cls = getattr(args, "oversample_class", None) or rarest_class(probe, work / "organized")
     factor = getattr(args, "factor", None) or 3.0
-    cfg = parse(arms_params(run_dir, start, epochs, {"os_off": {}, "os_on": {"oversample": {cls: factor}}}))
-    weights, class_id = run_dir / "models" / start / "best.pt", cfg.classes.index(cls)
-    lines, results = [], {}
-    for arm in ("os_off", "os_on"):
-        manifest, result, seconds = train_arm(cfg, arm, work, weights)
-        results[arm] = result
-        lines.append(
-            f"  {arm}: {manifest['train_images']} list entries (+{manifest['oversampled_images']} oversampled), "
-            f"test mAP50-95 {result.metrics['mAP50-95']:.4f}, {cls} AP50-95 {result.metrics['per_class'][cls]['AP50-95']:.4f} ({seconds:.0f} s)"
-        )
-        if manifest["oversample"]:
-            section = manifest["oversample"]
+    class_id, treated = probe.classes.index(cls), {"oversample": {cls: factor}}
+    lines = [f"oversample {{{cls}: {factor}}}: stage3's recipe from {start}, {epochs} epochs per arm, seeds {seeds(args, probe)}"]
+    records: dict[str, list[DetectionRecords]] = {arm: [] for arm in ARMS}
+    for seed in seeds(args, probe):
+        cfg = parse(arms_params(run_dir, start, epochs, {"os_off": {}, "os_on": treated}, seed))
+        control = {"oversample": equal_steps(cfg, "os_on", work / "organized")}
+        cfg = parse(arms_params(run_dir, start, epochs, {"os_off": {}, "os_on": treated, "os_steps": control}, seed))
+        for arm in ARMS:
+            manifest, result, seconds = train_arm(cfg, arm, work, run_dir / "models" / start / "best.pt")
+            records[arm].append(result.records)
             lines.append(
-                f"    {section['images_holding'][cls]} images hold {cls}; its boxes {section['before']['boxes'][cls]} -> "
-                f"{section['after']['boxes'][cls]}, all boxes {sum(section['before']['boxes'].values())} -> {sum(section['after']['boxes'].values())}"
+                f"  seed {seed} {arm}: {manifest['train_images']} list entries (+{manifest['oversampled_images']} oversampled), "
+                f"test mAP50-95 {result.metrics['mAP50-95']:.4f}, {cls} AP50-95 {result.metrics['per_class'][cls]['AP50-95']:.4f} ({seconds:.0f} s)"
             )
-    a, b = results["os_off"].records, results["os_on"].records
-    lines.insert(0, f"oversample {{{cls}: {factor}}} vs none: stage3's recipe from {start}, {epochs} epochs each, seed {cfg.seed}")
-    for label, stat in (
+            section = manifest["oversample"]
+            if section and seed == probe.seed:
+                held, factors = section["images_holding"], section["factors"]
+                scope = f"{held[cls]} images hold {cls} (x{factors[cls]:.4g})"
+                if len(held) > 1:
+                    scope = f"every labelled image x{factors[cls]:.4g} ({held[cls]} hold {cls})"
+                lines.append(
+                    f"    {scope}; {cls} boxes "
+                    f"{section['before']['boxes'][cls]} -> {section['after']['boxes'][cls]}, all boxes "
+                    f"{sum(section['before']['boxes'].values())} -> {sum(section['after']['boxes'].values())}"
+                )
+    stats = (
         (f"{cls} AP50", class_ap(class_id, "50")),
         (f"{cls} AP50-95", class_ap(class_id, "50-95")),
         (f"{cls} recall (IoU 0.5, conf >= {RECALL_CONF})", class_recall(class_id)),
         ("other classes mAP50-95", other_classes_map(class_id)),
-    ):
-        lines.append(ci_line(label, paired_ci(a, b, stat, resamples, cfg.seed)))
-    lines.append(f"  ({a.n_images} test images, {resamples} paired bootstrap resamples; work folder {work})")
+        ("mAP50-95", map50_95),
+    )
+    pairs = [
+        ("class balance at equal steps", "os_steps", "os_on"),
+        ("extra steps alone", "os_off", "os_steps"),
+        ("oversampling as a user turns it on", "os_off", "os_on"),
+    ]
+    compare(lines, records, pairs, stats, resamples, probe.seed)
+    lines.append(f"  ({records['os_off'][0].n_images} test images, {resamples} paired bootstrap resamples; work folder {work})")
     return lines
 
 
@@ -197,11 +271,12 @@ def link_or_copy(src: str, dst: str) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="a pipeline checkout that ran train@<start> (models/, data/organized/)")
-    p.add_argument("--start", default="stage2", help="the checkpoint both arms fine-tune")
+    p.add_argument("--start", help="the checkpoint the arms fine-tune (default: stage3 if the run has it, else stage2)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--class", dest="oversample_class", help="the class to oversample (default: the rarest in target train)")
     p.add_argument("--factor", type=float, default=3.0)
     p.add_argument("--resamples", type=int, default=1000)
+    p.add_argument("--seeds", type=int, default=1, help="train every arm with this many seeds (seed, seed+1, ...)")
     p.add_argument("--work", help="scratch folder (default: <run>_oversample beside the run)")
     for line in measure(p.parse_args()):
         print(line, flush=True)

@@ -19,6 +19,9 @@ from stagetrain.train import checkpoint
 
 pytestmark = pytest.mark.slow
 STAGES = ("stage1", "stage2", "stage3", "baseline")
+# what a change to stage3's block reruns: mine@ and trainset@stage3 depend on the whole block (`replay:`,
+# `hard_negatives:` are optional) and rerun in seconds; the rest is downstream of train@stage3
+STAGE3_AND_DOWNSTREAM = ["calibrate", "evaluate", "export", "mine@stage3", "plots", "select@round1", "train@stage3", "trainset@stage3"]
 
 
 def dvc(repo: Path, *args: str) -> str:
@@ -147,18 +150,7 @@ def test_second_repro_runs_nothing(repo):
 
 def test_stage3_param_change_reruns_only_downstream(repo):
     output = dvc(repo, "exp", "run", "-S", "stages.stage3.lr0=0.0002")
-    # mine@ and trainset@stage3 depend on the whole stage block (`replay:`, `hard_negatives:` are optional): they rerun in
-    # seconds, their outputs unchanged
-    assert sorted(ran(output)) == [
-        "calibrate",
-        "evaluate",
-        "export",
-        "mine@stage3",
-        "plots",
-        "select@round1",
-        "train@stage3",
-        "trainset@stage3",
-    ]
+    assert sorted(ran(output)) == STAGE3_AND_DOWNSTREAM
     diff = dvc(repo, "params", "diff")
     assert "stages.stage3.lr0" in diff and "0.0002" in diff
 
@@ -182,18 +174,20 @@ def test_plots_show_draws_the_dashboard_offline(repo, tmp_path):
 def test_replay_experiment_adds_source_images_to_stage3(repo):
     """The README's replay experiment: a fraction of the source's train split joins stage3's training list."""
     output = dvc(repo, "exp", "run", "-S", "++stages.stage3.replay={source: 0.5}")
-    assert sorted(ran(output)) == [
-        "calibrate",
-        "evaluate",
-        "export",
-        "mine@stage3",
-        "plots",
-        "select@round1",
-        "train@stage3",
-        "trainset@stage3",
-    ]
+    assert sorted(ran(output)) == STAGE3_AND_DOWNSTREAM
     listed = (repo / "data/trainsets/stage3/train.txt").read_text().splitlines()
     replayed = [line for line in listed if line.startswith("./../../organized/source/images/train/")]
     metrics = json.loads((repo / "metrics/stage3.json").read_text())
     assert metrics["replayed_images"] == {"source": len(replayed)} and replayed and metrics["train_images"] == len(listed)
     assert "Data and pipelines are up to date" in dvc(repo, "repro")  # Ultralytics' labels cache under organized/ changes no hash
+
+
+def test_a_changed_pool_retrains_nothing(repo):
+    """The target's unlabelled pool changes (as when an imported annotation round takes its images out of it): the
+    training lists and val splits stay the same, so no train@ stage reruns; selection and evaluation do."""
+    pool = yaml.safe_load((repo / "params.yaml").read_text())["datasets"]["target"]["synthetic"]["pool"]
+    output = dvc(repo, "exp", "run", "-S", f"datasets.target.synthetic.pool={pool + 3}")
+    reran = set(ran(output))
+    assert {"download@target", "organize@target", "select@round1", *(f"trainset@{s}" for s in STAGES)} <= reran
+    assert not {stage for stage in reran if stage.startswith("train@")}, reran
+    assert len(list((repo / "data/organized/target/images/pool").iterdir())) == pool + 3
