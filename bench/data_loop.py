@@ -41,7 +41,9 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs per arm")
     p.add_argument("--start", help="checkpoint (stage name) the arms start from (default: stage3 if present, else stage2)")
     p.add_argument("--resamples", type=int, default=1000, help="paired bootstrap resamples")
-    p.add_argument("--seeds", type=int, default=1, help="oversample, mining: train every arm with this many seeds")
+    p.add_argument(
+        "--seeds", type=int, default=1, help="train every arm with this many seeds (seed, seed+1, ...): the spread of training noise"
+    )
     p.add_argument("--arms", default="none,active,random", help="active: arms to train (none = no images added: the epochs alone)")
     p.add_argument("--reuse", action="store_true", help="keep what an earlier run left in --work (packages, trained arms)")
     p.add_argument("--work", help="scratch folder (default: <run>_<comparison> beside the run)")

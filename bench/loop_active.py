@@ -9,9 +9,10 @@ Called by ``bench/data_loop.py --only active`` (``measure(args) -> list[str]``).
    dataset: download, organize (which carves a val/test share out of it, as for any dataset without those
    splits) and a training list with ``replay: {<round>: 1.0}``, exactly the pipeline's path;
 3. each arm fine-tunes the start checkpoint on target train + its imported train split, same epochs, lr and
-   seed; a third arm with nothing added shows what the extra epochs alone give;
-4. every arm is scored on the target test split; the paired bootstrap (stats/bootstrap.py) gives each
-   difference's 95% CI over test images.
+   seed; a third arm with nothing added shows what the extra epochs alone give; ``--seeds K`` retrains every
+   arm with K seeds (the picks stay those of the params' seed);
+4. every arm is scored on the target test split; a paired bootstrap over test images gives each difference's 95%
+   CI (with several seeds, of the difference averaged over seeds; see bench/loop_oversample.py).
 """
 
 from __future__ import annotations
@@ -29,12 +30,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from loop_oversample import link_or_copy
+from loop_oversample import compare, link_or_copy, map50_95, seeds
 
 from stagetrain import evaluate, select
 from stagetrain.config import parse
 from stagetrain.data import organize, sources, trainset
-from stagetrain.stats import bootstrap
 from stagetrain.train import runner
 
 
@@ -100,28 +100,33 @@ def measure(args) -> list[str]:
         lines.append(
             f"  {arm}: {picked[arm]['train_images']} images join training ({picked[arm]['boxes']} boxes); organize carved val/test out of the rest"
         )
-    records = {}
-    for arm in arms:
-        stage = f"plus_{arm}"
-        listing, best = args.work / "trainsets" / stage, args.work / "models" / stage / "best.pt"
-        t0 = time.perf_counter()
-        if not (reuse and best.exists()):
-            trainset.run(cfg, stage, organized, listing)
-            runner.run(cfg, stage, listing / "data.yaml", weights, best.parent, args.work / "live" / stage, args.work / "runs" / stage)
-        result = evaluate.evaluate_model(cfg, best, organized / "target/data.yaml", args.work / "eval" / stage)
-        records[arm] = result.records
-        lines.append(
-            f"  +{arm}: test mAP50-95 {result.metrics['mAP50-95']:.4f} mAP50 {result.metrics['mAP50']:.4f} ({time.perf_counter() - t0:.0f} s)"
-        )
-    for a, b in [(a, b) for a, b in (("random", "active"), ("none", "active"), ("none", "random")) if a in arms and b in arms]:
-        paired = bootstrap.paired_bootstrap(records[a], records[b], args.resamples, cfg.seed)
-        diff = paired["map50_95"]
-        lines.append(
-            f"  {b} - {a}: mAP50-95 {diff['diff']:+.4f}, 95% CI [{diff['ci_low']:+.4f}, {diff['ci_high']:+.4f}] "
-            f"(detectable ~{diff['detectable']:.4f} over {paired['images']} test images)"
-        )
+    records: dict[str, list] = {arm: [] for arm in arms}
+    for seed in seeds(args, cfg):  # the picks stay the base seed's; each seed retrains every arm
+        seed_cfg = parse({**raw_params, "seed": seed})
+        for arm in arms:
+            stage, folder = f"plus_{arm}", f"plus_{arm}/seed{seed}"
+            listing, best = args.work / "trainsets" / folder, args.work / "models" / folder / "best.pt"
+            t0 = time.perf_counter()
+            if not (reuse and best.exists()):
+                trainset.run(seed_cfg, stage, organized, listing)
+                runner.run(
+                    seed_cfg, stage, listing / "data.yaml", weights, best.parent, args.work / "live" / folder, args.work / "runs" / folder
+                )
+            result = evaluate.evaluate_model(seed_cfg, best, organized / "target/data.yaml", args.work / "eval" / folder)
+            records[arm].append(result.records)
+            lines.append(
+                f"  seed {seed} +{arm}: test mAP50-95 {result.metrics['mAP50-95']:.4f} mAP50 {result.metrics['mAP50']:.4f} "
+                f"({time.perf_counter() - t0:.0f} s)"
+            )
+    titles = {
+        ("random", "active"): "uncertain vs random picks",
+        ("none", "active"): "uncertain picks vs none added",
+        ("none", "random"): "random picks vs none added",
+    }
+    pairs = [(title, a, b) for (a, b), title in titles.items() if a in arms and b in arms]
+    compare(lines, records, pairs, [("mAP50-95", map50_95)], args.resamples, cfg.seed)
     lines.append(
-        f"active bench: {args.epochs} epochs per arm from {start} with {recipe}'s recipe, seed {cfg.seed}, "
+        f"active bench: {args.epochs} epochs per arm from {start} with {recipe}'s recipe, seeds {seeds(args, cfg)}, "
         f"{time.perf_counter() - started:.0f} s in all"
     )
     return lines
