@@ -45,7 +45,7 @@ def main() -> None:
         "--seeds", type=int, default=1, help="train every arm with this many seeds (seed, seed+1, ...): the spread of training noise"
     )
     p.add_argument("--arms", default="none,active,random", help="active: arms to train (none = no images added: the epochs alone)")
-    p.add_argument("--reuse", action="store_true", help="keep what an earlier run left in --work (packages, trained arms)")
+    p.add_argument("--reuse", action="store_true", help="keep what an earlier run left in --work (packages, trained arms; same params)")
     p.add_argument("--work", help="scratch folder (default: <run>_<comparison> beside the run)")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

@@ -32,13 +32,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from loop_oversample import REPO, arms_params, compare, equal_steps, map50_95, seeds, train_arm, workspace
+from loop_oversample import REPO, arms_params, equal_steps_arms, map50_95, report, seeds, workspace
 
 sys.path.insert(0, str(REPO / "src"))
 
 from stagetrain import mine
 from stagetrain.config import parse
-from stagetrain.data import trainset
 from stagetrain.stats.matching import DetectionRecords
 
 CHUNK = 50  # resamples per vectorised block (blocks of resamples x detections floats)
@@ -89,27 +88,16 @@ def measure(args) -> list[str]:
         ),
     ]
     records: dict[str, list[DetectionRecords]] = {arm: [] for arm in ARMS}
-    for seed in seeds(args, probe):
-        cfg = parse(arms_params(run_dir, start, epochs, {"hn_on": treated}, seed))
-        control = {"oversample": equal_steps(cfg, "hn_on", work / "organized", trainset.read_mined(cfg, "hn_on", work / "mined/hn_on"))}
-        cfg = parse(arms_params(run_dir, start, epochs, {"hn_off": {}, "hn_on": treated, "hn_steps": control}, seed))
-        for arm in ARMS:
-            manifest, result, seconds = train_arm(cfg, arm, work, weights, work / "mined/hn_on" if arm == "hn_on" else None)
-            records[arm].append(result.records)
-            lines.append(
-                f"  seed {seed} {arm}: {manifest['train_images']} list entries (+{manifest['mined_images']} mined, "
-                f"+{manifest['oversampled_images']} spread evenly), test mAP50-95 {result.metrics['mAP50-95']:.4f} ({seconds:.0f} s)"
-            )
+    for seed, arm, manifest, result, seconds in equal_steps_arms(args, run_dir, work, start, epochs, ARMS, treated, work / "mined/hn_on"):
+        records[arm].append(result.records)
+        lines.append(
+            f"  seed {seed} {arm}: {manifest['train_images']} list entries (+{manifest['mined_images']} mined, "
+            f"+{manifest['oversampled_images']} spread evenly), test mAP50-95 {result.metrics['mAP50-95']:.4f} ({seconds:.0f} s)"
+        )
     stats = [(f"false positives per image at recall {r}", at_recall(r, "fp")) for r in recalls]
     stats += [(f"precision at recall {r}", at_recall(r, "precision")) for r in recalls]
     stats.append(("mAP50-95", map50_95))
-    pairs = [
-        ("the mined images at equal steps", "hn_steps", "hn_on"),
-        ("extra steps alone", "hn_off", "hn_steps"),
-        ("mining as a user turns it on", "hn_off", "hn_on"),
-    ]
-    compare(lines, records, pairs, stats, resamples, probe.seed)
-    lines.append(f"  ({records['hn_off'][0].n_images} test images, {resamples} paired bootstrap resamples; work folder {work})")
+    report(lines, records, ARMS, "mining", "the mined images", stats, resamples, probe.seed, work)
     return lines
 
 
@@ -124,6 +112,7 @@ def main() -> None:
     p.add_argument("--resamples", type=int, default=1000)
     p.add_argument("--seeds", type=int, default=1, help="train every arm with this many seeds (seed, seed+1, ...)")
     p.add_argument("--work", help="scratch folder (default: <run>_mining beside the run)")
+    p.add_argument("--reuse", action="store_true", help="keep the arms an earlier run trained in --work (same params)")
     for line in measure(p.parse_args()):
         print(line, flush=True)
 

@@ -56,14 +56,16 @@ ARMS = ("os_off", "os_on", "os_steps")  # plain, oversampled, equal-steps contro
 
 
 def workspace(args, name: str) -> tuple[Path, Path, str]:
-    """(run dir, a fresh work folder with organized/target hard-linked in, start stage)."""
+    """(run dir, a fresh work folder with organized/target hard-linked in, start stage); ``--reuse`` keeps the folder
+    an earlier run of the same bench left (its trained arms are not retrained)."""
     run_dir = Path(args.run).resolve()
     start = getattr(args, "start", None) or ("stage3" if (run_dir / "models/stage3/best.pt").is_file() else "stage2")
     if not (run_dir / "models" / start / "best.pt").is_file():
         raise SystemExit(f"{run_dir}/models/{start}/best.pt: not found; pass --run a pipeline checkout that ran train@{start}")
     work = Path(args.work).resolve() / name if getattr(args, "work", None) else run_dir.parent / f"{run_dir.name}_{name}"
-    shutil.rmtree(work, ignore_errors=True)
-    shutil.copytree(run_dir / "data/organized/target", work / "organized/target", copy_function=link_or_copy)
+    if not (getattr(args, "reuse", False) and (work / "organized/target").is_dir()):
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.copytree(run_dir / "data/organized/target", work / "organized/target", copy_function=link_or_copy)
     return run_dir, work, start
 
 
@@ -82,14 +84,16 @@ def arms_params(run_dir: Path, start: str, epochs: int, arms: dict[str, dict], s
 
 
 def train_arm(
-    cfg: Config, arm: str, work: Path, weights: Path, mined_dir: Path | None = None
+    cfg: Config, arm: str, work: Path, weights: Path, mined_dir: Path | None = None, reuse: bool = False
 ) -> tuple[dict, evaluate.ModelEvaluation, float]:
-    """trainset -> train -> test-split evaluation of one arm: (its manifest, its evaluation, seconds)."""
+    """trainset -> train (unless ``reuse`` finds the arm trained) -> test-split evaluation of one arm: (its manifest,
+    its evaluation, seconds)."""
     started = time.perf_counter()
     folder = f"{arm}/seed{cfg.seed}"
     listing = work / "trainsets" / folder
     manifest = trainset.run(cfg, arm, work / "organized", listing, mined_dir)
-    runner.run(cfg, arm, listing / "data.yaml", weights, work / "models" / folder, work / "live" / folder, work / "runs" / folder)
+    if not (reuse and (work / "models" / folder / "best.pt").is_file()):
+        runner.run(cfg, arm, listing / "data.yaml", weights, work / "models" / folder, work / "live" / folder, work / "runs" / folder)
     result = evaluate.evaluate_model(cfg, work / "models" / folder / "best.pt", work / "organized/target/data.yaml", work / "eval" / folder)
     return manifest, result, time.perf_counter() - started
 
@@ -112,31 +116,37 @@ def equal_steps(cfg: Config, treated: str, organized: Path, mined: dict | None =
     return dict.fromkeys(cfg.classes, 1 + extra / labelled)
 
 
-def paired_ci(
-    a: DetectionRecords | list[DetectionRecords], b: DetectionRecords | list[DetectionRecords], stat: Callable, resamples: int, seed: int
-) -> dict:
-    """``stat(records, weights) -> (batch,)`` on both arms, on the same bootstrap draws: b - a, 95% percentile CI.
+def equal_steps_arms(args, run_dir: Path, work: Path, start: str, epochs: int, arms: tuple[str, str, str], treated: dict, mined_dir=None):
+    """For every seed, train ``arms`` = (plain, treated, its equal-steps control): yields ``(seed, arm, manifest,
+    evaluation, seconds)``. ``treated`` is the treated arm's stage keys; ``mined_dir`` its mine@ folder (hard negatives)."""
+    off, on, steps = arms
+    weights = run_dir / "models" / start / "best.pt"
+    for seed in seeds(args, parse(arms_params(run_dir, start, epochs, {}))):
+        cfg = parse(arms_params(run_dir, start, epochs, {on: treated}, seed))
+        control = {"oversample": equal_steps(cfg, on, work / "organized", trainset.read_mined(cfg, on, mined_dir))}
+        cfg = parse(arms_params(run_dir, start, epochs, {off: {}, on: treated, steps: control}, seed))
+        for arm in arms:
+            yield (seed, arm, *train_arm(cfg, arm, work, weights, mined_dir if arm == on else None, getattr(args, "reuse", False)))
 
-    Lists pair one evaluation per training seed (the same test images): the difference is averaged over seeds on each
-    draw, and ``per_seed`` holds each seed's observed difference.
+
+def paired_ci(va: np.ndarray, vb: np.ndarray, seed_draws: np.ndarray) -> dict:
+    """b - a from two arms' statistics per training seed, ``(seeds, 1 + resamples)``: column 0 on the whole test split,
+    the rest on bootstrap draws of its images that both arms share.
+
+    ``ci_low``/``ci_high``: 95% percentile CI of the difference averaged over the seeds, over test images only.
+    ``seeds_low``/``seeds_high``: the same with the seeds resampled too (``seed_draws``, ``(resamples, seeds)`` seed
+    indices drawn with replacement): training noise included, the interval to trust when there are several seeds.
+    ``per_seed``: each seed's observed difference.
     """
-    a_runs, b_runs = (a if isinstance(a, list) else [a]), (b if isinstance(b, list) else [b])
-    n_images = a_runs[0].n_images
-    weights = np.vstack([np.ones(n_images), bootstrap.bootstrap_weights(n_images, resamples, seed)])
-    va = np.mean([stat(run, weights) for run in a_runs], axis=0)
-    vb = np.mean([stat(run, weights) for run in b_runs], axis=0)
-    per_seed = [float(stat(y, weights[:1])[0] - stat(x, weights[:1])[0]) for x, y in zip(a_runs, b_runs, strict=True)]
-    diffs = (vb - va)[1:]
-    diffs = diffs[np.isfinite(diffs)]
-    low, high = np.quantile(diffs, [0.025, 0.975]) if diffs.size > 1 else (np.nan, np.nan)
-    return {
-        "a": float(va[0]),
-        "b": float(vb[0]),
-        "diff": float(vb[0] - va[0]),
-        "ci_low": float(low),
-        "ci_high": float(high),
-        "per_seed": per_seed,
-    }
+    diff = vb - va  # (seeds, 1 + resamples)
+    over_images = diff[:, 1:].mean(axis=0)
+    over_both = np.take_along_axis(diff[:, 1:].T, seed_draws, axis=1).mean(axis=1)
+    out = {"a": float(va[:, 0].mean()), "b": float(vb[:, 0].mean()), "diff": float(diff[:, 0].mean())}
+    for key, draws in (("ci", over_images), ("seeds", over_both)):
+        draws = draws[np.isfinite(draws)]
+        low, high = np.quantile(draws, [0.025, 0.975]) if draws.size > 1 else (np.nan, np.nan)
+        out.update({f"{key}_low": float(low), f"{key}_high": float(high)})
+    return {**out, "per_seed": [float(d) for d in diff[:, 0]]}
 
 
 def ci_line(label: str, ci: dict, digits: int = 4) -> str:
@@ -147,32 +157,75 @@ def ci_line(label: str, ci: dict, digits: int = 4) -> str:
         f"95% CI [{g.format(ci['ci_low'])}, {g.format(ci['ci_high'])}]"
     )
     if len(ci.get("per_seed", [])) > 1:
-        line += "; per seed " + ", ".join(g.format(d) for d in ci["per_seed"])
+        line += f" (images), [{g.format(ci['seeds_low'])}, {g.format(ci['seeds_high'])}] (images and seeds); per seed "
+        line += ", ".join(g.format(d) for d in ci["per_seed"])
     return line
 
 
 def map50_95(records: DetectionRecords, weights: np.ndarray) -> np.ndarray:
     """mAP50-95 over the classes with ground truth, under image weights."""
-    return np.nanmean(average_precision(records, weights).mean(axis=2), axis=1)
+    return np.nanmean(cached_ap(records, weights).mean(axis=2), axis=1)
+
+
+def report(
+    lines: list[str],
+    records: dict[str, list[DetectionRecords]],
+    arms: tuple[str, str, str],
+    technique: str,
+    what: str,
+    stats,
+    resamples: int,
+    seed: int,
+    work: Path,
+) -> None:
+    """The three comparisons of ``arms`` = (plain, treated, equal-steps control), one CI line per ``(label, stat)`` each:
+    ``what`` the treated arm changes at equal steps, the extra steps alone, and ``technique`` as a whole."""
+    off, on, steps = arms
+    pairs = [(f"{what} at equal steps", steps, on), ("extra steps alone", off, steps), (f"{technique} as a user turns it on", off, on)]
+    compare(lines, records, pairs, stats, resamples, seed)
+    lines.append(f"  ({records[off][0].n_images} test images, {resamples} paired bootstrap resamples; work folder {work})")
 
 
 def compare(
     lines: list[str], records: dict[str, list[DetectionRecords]], pairs: list[tuple[str, str, str]], stats, resamples: int, seed: int
 ) -> None:
-    """For each ``(title, a, b)``: a heading, then one CI line per ``(label, stat)`` of arm b against arm a."""
+    """For each ``(title, a, b)``: a heading, then one CI line per ``(label, stat)`` of arm b against arm a. Every arm's
+    statistic is computed once per seed, on the whole test split and the same ``resamples`` bootstrap draws of its
+    images; with several seeds, each draw also draws the seeds (see :func:`paired_ci`)."""
+    n_images = next(iter(records.values()))[0].n_images
+    weights = np.vstack([np.ones(n_images), bootstrap.bootstrap_weights(n_images, resamples, seed)])
+    n_seeds = len(next(iter(records.values())))
+    seed_draws = np.random.default_rng(seed).integers(n_seeds, size=(resamples, n_seeds))
+    values: dict[tuple[str, str], np.ndarray] = {}
     for title, a, b in pairs:
         lines.append(f" {title} ({b} - {a}):")
-        lines += [ci_line(label, paired_ci(records[a], records[b], stat, resamples, seed)) for label, stat in stats]
+        for label, stat in stats:
+            for arm in (a, b):
+                if (arm, label) not in values:
+                    values[arm, label] = np.array([stat(run, weights) for run in records[arm]])
+            lines.append(ci_line(label, paired_ci(values[a, label], values[b, label], seed_draws)))
 
 
 # --- per-class statistics ---------------------------------------------------------------------------
+
+
+_AP: dict[tuple[int, int], tuple] = {}  # (id(records), id(weights)) -> (records, weights, AP): the ids stay theirs while held
+
+
+def cached_ap(records: DetectionRecords, weights: np.ndarray) -> np.ndarray:
+    """``average_precision(records, weights)`` (batch, classes, IoU thresholds), computed once per records and weights:
+    the AP statistics below all read it (a thousand draws over 300 images take seconds each)."""
+    key = (id(records), id(weights))
+    if key not in _AP:
+        _AP[key] = (records, weights, average_precision(records, weights))
+    return _AP[key][2]
 
 
 def class_ap(class_id: int, iou: str) -> Callable:
     """AP of one class under image weights: ``iou`` = "50" (IoU 0.5) or "50-95" (mean over the ten thresholds)."""
 
     def stat(records: DetectionRecords, weights: np.ndarray) -> np.ndarray:
-        ap = average_precision(records, weights)[:, class_id]  # (batch, n_iou)
+        ap = cached_ap(records, weights)[:, class_id]  # (batch, n_iou)
         return ap[:, 0] if iou == "50" else ap.mean(axis=1)
 
     return stat
@@ -182,7 +235,7 @@ def other_classes_map(class_id: int) -> Callable:
     """mAP50-95 over the other classes (what oversampling one class may cost the rest)."""
 
     def stat(records: DetectionRecords, weights: np.ndarray) -> np.ndarray:
-        ap = average_precision(records, weights).mean(axis=2)
+        ap = cached_ap(records, weights).mean(axis=2)
         return np.nanmean(np.delete(ap, class_id, axis=1), axis=1)
 
     return stat
@@ -221,28 +274,22 @@ def measure(args) -> list[str]:
     class_id, treated = probe.classes.index(cls), {"oversample": {cls: factor}}
     lines = [f"oversample {{{cls}: {factor}}}: stage3's recipe from {start}, {epochs} epochs per arm, seeds {seeds(args, probe)}"]
     records: dict[str, list[DetectionRecords]] = {arm: [] for arm in ARMS}
-    for seed in seeds(args, probe):
-        cfg = parse(arms_params(run_dir, start, epochs, {"os_off": {}, "os_on": treated}, seed))
-        control = {"oversample": equal_steps(cfg, "os_on", work / "organized")}
-        cfg = parse(arms_params(run_dir, start, epochs, {"os_off": {}, "os_on": treated, "os_steps": control}, seed))
-        for arm in ARMS:
-            manifest, result, seconds = train_arm(cfg, arm, work, run_dir / "models" / start / "best.pt")
-            records[arm].append(result.records)
+    for seed, arm, manifest, result, seconds in equal_steps_arms(args, run_dir, work, start, epochs, ARMS, treated):
+        records[arm].append(result.records)
+        lines.append(
+            f"  seed {seed} {arm}: {manifest['train_images']} list entries (+{manifest['oversampled_images']} oversampled), "
+            f"test mAP50-95 {result.metrics['mAP50-95']:.4f}, {cls} AP50-95 {result.metrics['per_class'][cls]['AP50-95']:.4f} ({seconds:.0f} s)"
+        )
+        section = manifest["oversample"]
+        if section and seed == probe.seed:
+            held, factors = section["images_holding"], section["factors"]
+            scope = f"{held[cls]} images hold {cls} (x{factors[cls]:.4g})"
+            if len(held) > 1:
+                scope = f"every labelled image x{factors[cls]:.4g} ({held[cls]} hold {cls})"
             lines.append(
-                f"  seed {seed} {arm}: {manifest['train_images']} list entries (+{manifest['oversampled_images']} oversampled), "
-                f"test mAP50-95 {result.metrics['mAP50-95']:.4f}, {cls} AP50-95 {result.metrics['per_class'][cls]['AP50-95']:.4f} ({seconds:.0f} s)"
+                f"    {scope}; {cls} boxes {section['before']['boxes'][cls]} -> {section['after']['boxes'][cls]}, all boxes "
+                f"{sum(section['before']['boxes'].values())} -> {sum(section['after']['boxes'].values())}"
             )
-            section = manifest["oversample"]
-            if section and seed == probe.seed:
-                held, factors = section["images_holding"], section["factors"]
-                scope = f"{held[cls]} images hold {cls} (x{factors[cls]:.4g})"
-                if len(held) > 1:
-                    scope = f"every labelled image x{factors[cls]:.4g} ({held[cls]} hold {cls})"
-                lines.append(
-                    f"    {scope}; {cls} boxes "
-                    f"{section['before']['boxes'][cls]} -> {section['after']['boxes'][cls]}, all boxes "
-                    f"{sum(section['before']['boxes'].values())} -> {sum(section['after']['boxes'].values())}"
-                )
     stats = (
         (f"{cls} AP50", class_ap(class_id, "50")),
         (f"{cls} AP50-95", class_ap(class_id, "50-95")),
@@ -250,13 +297,7 @@ def measure(args) -> list[str]:
         ("other classes mAP50-95", other_classes_map(class_id)),
         ("mAP50-95", map50_95),
     )
-    pairs = [
-        ("class balance at equal steps", "os_steps", "os_on"),
-        ("extra steps alone", "os_off", "os_steps"),
-        ("oversampling as a user turns it on", "os_off", "os_on"),
-    ]
-    compare(lines, records, pairs, stats, resamples, probe.seed)
-    lines.append(f"  ({records['os_off'][0].n_images} test images, {resamples} paired bootstrap resamples; work folder {work})")
+    report(lines, records, ARMS, "oversampling", "class balance", stats, resamples, probe.seed, work)
     return lines
 
 
@@ -278,6 +319,7 @@ def main() -> None:
     p.add_argument("--resamples", type=int, default=1000)
     p.add_argument("--seeds", type=int, default=1, help="train every arm with this many seeds (seed, seed+1, ...)")
     p.add_argument("--work", help="scratch folder (default: <run>_oversample beside the run)")
+    p.add_argument("--reuse", action="store_true", help="keep the arms an earlier run trained in --work (same params)")
     for line in measure(p.parse_args()):
         print(line, flush=True)
 
